@@ -1,0 +1,1 @@
+"""Scenes: records, synthetic rooms, readers for real data, view-set sampling, preprocessing."""
