@@ -1,0 +1,74 @@
+"""Preprocessing: aspect kept, centre crop to patch multiples, K exactly consistent with the pixels."""
+
+import numpy as np
+import pytest
+
+from d3r.scenes.preprocess import preprocess_views, resize_crop_view, target_size
+from d3r.scenes.records import View
+
+
+def ramp_view(width: int, height: int) -> View:
+    """An image whose red channel is the column index and green the row index (as 0..255 ramps)."""
+    u, v = np.meshgrid(np.arange(width), np.arange(height))
+    image = np.zeros((height, width, 3), np.uint8)
+    image[..., 0] = np.round(u * 255 / (width - 1))
+    image[..., 1] = np.round(v * 255 / (height - 1))
+    K = np.array([[100.0, 0, (width - 1) / 2 + 3], [0, 100.0, (height - 1) / 2 - 2], [0, 0, 1]])
+    depth = np.ones((height, width), np.float32)
+    return View(name="ramp", image=image, K=K, depth=depth)
+
+
+@pytest.mark.parametrize(
+    ("size", "expected"),
+    [((640, 480), (224, 160)), ((480, 640), (160, 224)), ((512, 384), (224, 160)), ((1920, 1080), (224, 112))],
+)
+def test_target_size_keeps_aspect_and_orientation(size, expected):
+    assert target_size(*size, long_side=224, patch_size=16) == expected
+
+
+def test_target_size_rejects_too_elongated():
+    with pytest.raises(ValueError, match="too elongated"):
+        target_size(4000, 10, long_side=224, patch_size=16)
+
+
+@pytest.mark.parametrize(("width", "height", "tw", "th"), [(200, 150, 112, 80), (150, 200, 84, 112), (90, 60, 128, 96)])
+def test_intrinsics_follow_the_pixels(width, height, tw, th):
+    """A pixel's content and its projection both land where the updated K says (shrink and enlarge)."""
+    view = ramp_view(width, height)
+    out = resize_crop_view(view, tw, th)
+    assert out.image.shape == (th, tw, 3) and out.depth.shape == (th, tw)
+    # The ray through new pixel (u', v') under K' is the ray through source pixel (u, v) under K...
+    v_new, u_new = np.mgrid[4:th - 4:5, 4:tw - 4:5]
+    u_src = view.K[0, 0] * (u_new - out.K[0, 2]) / out.K[0, 0] + view.K[0, 2]
+    v_src = view.K[1, 1] * (v_new - out.K[1, 2]) / out.K[1, 1] + view.K[1, 2]
+    # ... and the pixel content says where it came from (the ramps encode source column/row).
+    content_u = out.image[v_new, u_new, 0].astype(float) * (width - 1) / 255
+    content_v = out.image[v_new, u_new, 1].astype(float) * (height - 1) / 255
+    tol = 0.5 * (width - 1) / 255 + 0.3  # 8-bit quantisation of the ramp + resampling
+    assert np.abs(content_u - u_src).max() < tol
+    assert np.abs(content_v - v_src).max() < tol
+
+
+def test_intrinsics_exact_formula():
+    view = ramp_view(200, 100)
+    out = resize_crop_view(view, 96, 64)
+    # cover: scale = max(96/200, 64/100) = 0.64 → 128x64, crop x offset 16
+    s = 0.64
+    assert out.K[0, 0] == pytest.approx(100 * s)
+    assert out.K[0, 2] == pytest.approx((view.K[0, 2] + 0.5) * s - 0.5 - 16)
+    assert out.K[1, 2] == pytest.approx((view.K[1, 2] + 0.5) * s - 0.5)
+
+
+def test_preprocess_views_brings_mixed_sizes_to_one():
+    views = [ramp_view(320, 240), ramp_view(300, 240), ramp_view(240, 320)]
+    out = preprocess_views(views, long_side=112, patch_size=16)
+    assert {v.image.shape for v in out} == {(80, 112, 3)}
+    assert all(v.K is not None for v in out)
+
+
+def test_depth_is_resampled_without_blending():
+    view = ramp_view(64, 48)
+    depth = np.zeros((48, 64), np.float32)
+    depth[:, 32:] = 5.0
+    out = resize_crop_view(view.with_(depth=depth), 32, 24)
+    assert set(np.unique(out.depth)) <= {0.0, 5.0}
