@@ -1,0 +1,181 @@
+import logging
+
+import numpy as np
+import pytest
+from scipy.spatial.transform import Rotation
+
+from d3r.geometry import (
+    align_local_to_global,
+    apply_sim3,
+    depth_to_points,
+    estimate_focal,
+    estimate_poses,
+    pixel_grid,
+    project,
+    transform_points,
+    umeyama_sim3,
+)
+
+
+def random_sim3(rng: np.random.Generator) -> tuple[float, np.ndarray, np.ndarray]:
+    return float(rng.uniform(0.3, 3.0)), Rotation.random(random_state=rng).as_matrix(), rng.normal(size=3)
+
+
+def rotation_error_deg(R_a: np.ndarray, R_b: np.ndarray) -> float:
+    return float(np.degrees(np.linalg.norm(Rotation.from_matrix(R_a.T @ R_b).as_rotvec())))
+
+
+def intrinsics(focal: float, width: int, height: int) -> np.ndarray:
+    return np.array([[focal, 0, (width - 1) / 2], [0, focal, (height - 1) / 2], [0, 0, 1]])
+
+
+def look_at(eye: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """c2w pose (OpenCV: z forward, y down) at ``eye`` looking at ``target``."""
+    z = (target - eye) / np.linalg.norm(target - eye)
+    x = np.cross(z, [0.0, -1.0, 0.0])
+    x /= np.linalg.norm(x)
+    pose = np.eye(4)
+    pose[:3, :3] = np.stack([x, np.cross(z, x), z], axis=1)
+    pose[:3, 3] = eye
+    return pose
+
+
+def box_room_depth(K: np.ndarray, pose: np.ndarray, height: int, width: int) -> np.ndarray:
+    """``[H, W]`` z-depth seen from inside the room [-3, 3] x [-2, 2] x [-3, 3] holding a cube of side 1."""
+    rays = depth_to_points(np.ones((height, width)), K) @ pose[:3, :3].T  # world directions with camera z = 1
+    origin = pose[:3, 3]
+    with np.errstate(divide="ignore"):
+        inv = 1.0 / rays
+    half_room = np.array([3.0, 2.0, 3.0])
+    exit_room = np.maximum((half_room - origin) * inv, (-half_room - origin) * inv).min(-1)
+    cube_lo, cube_hi = np.array([-0.5, 0.0, 0.5]), np.array([0.5, 1.0, 1.5])
+    near = np.minimum((cube_lo - origin) * inv, (cube_hi - origin) * inv).max(-1)
+    far = np.maximum((cube_lo - origin) * inv, (cube_hi - origin) * inv).min(-1)
+    hits_cube = (near <= far) & (near > 0)
+    return np.where(hits_cube, near, exit_room)
+
+
+def test_umeyama_recovers_known_transform_exactly():
+    rng = np.random.default_rng(0)
+    src = rng.normal(size=(50, 3))
+    s, R, t = random_sim3(rng)
+    s_hat, R_hat, t_hat = umeyama_sim3(src, apply_sim3(src, s, R, t))
+    assert s_hat == pytest.approx(s, rel=1e-10)
+    np.testing.assert_allclose(R_hat, R, atol=1e-10)
+    np.testing.assert_allclose(t_hat, t, atol=1e-10)
+    assert np.linalg.det(R_hat) == pytest.approx(1.0)
+
+
+def test_umeyama_with_noise_and_down_weighted_outliers():
+    rng = np.random.default_rng(1)
+    src = rng.normal(size=(400, 3))
+    s, R, t = random_sim3(rng)
+    dst = apply_sim3(src, s, R, t) + rng.normal(scale=0.01, size=src.shape)
+    dst[:80] += rng.normal(scale=5.0, size=(80, 3))
+    weights = np.ones(len(src))
+    weights[:80] = 1e-6
+    s_hat, R_hat, t_hat = umeyama_sim3(src, dst, weights)
+    assert s_hat == pytest.approx(s, rel=1e-2)
+    assert rotation_error_deg(R_hat, R) < 0.5
+    np.testing.assert_allclose(t_hat, t, atol=0.02)
+    s_bad, R_bad, _ = umeyama_sim3(src, dst)
+    assert rotation_error_deg(R_bad, R) > 1.0 or abs(s_bad - s) / s > 0.05
+
+
+def test_umeyama_rigid_mode_keeps_unit_scale_and_handles_reflection_case():
+    rng = np.random.default_rng(2)
+    src = rng.normal(size=(30, 3))
+    _, R, t = random_sim3(rng)
+    s_hat, R_hat, t_hat = umeyama_sim3(src, src @ R.T + t, with_scale=False)
+    assert s_hat == 1.0
+    np.testing.assert_allclose(R_hat, R, atol=1e-10)
+    _, R_mirror, _ = umeyama_sim3(src, src * np.array([1.0, 1.0, -1.0]))
+    assert np.linalg.det(R_mirror) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    ("src", "weights", "message"),
+    [
+        (np.zeros((2, 3)), None, "at least 3 points"),
+        (np.ones((5, 3)), None, "coincide"),
+        (np.eye(3), np.zeros(3), "at least 3 points"),
+        (np.eye(3), -np.ones(3), "non-negative"),
+        (np.full((4, 3), np.nan), None, "finite"),
+        (np.zeros((4, 2)), None, r"\[M, 3\]"),
+    ],
+)
+def test_umeyama_rejects_degenerate_input(src, weights, message):
+    with pytest.raises(ValueError, match=message):
+        umeyama_sim3(src, src, weights)
+
+
+def test_align_local_to_global_recovers_per_view_sims_despite_low_confidence_outliers():
+    rng = np.random.default_rng(3)
+    local = rng.normal(size=(3, 8, 10, 3)) + np.array([0, 0, 4.0])
+    truth = [random_sim3(rng) for _ in range(3)]
+    glob = np.stack([apply_sim3(p, *sim) for p, sim in zip(local, truth, strict=True)])
+    conf = rng.uniform(5.0, 10.0, size=(3, 8, 10))
+    glob[:, :3] += 10.0  # corrupted rows ...
+    conf[:, :3] = 1.0  # ... that the 85th percentile leaves out
+    aligned, sims = align_local_to_global(local, glob, conf)
+    for (s, R, t), (s_hat, R_hat, t_hat) in zip(truth, sims, strict=True):
+        assert s_hat == pytest.approx(s, rel=1e-9)
+        np.testing.assert_allclose(R_hat, R, atol=1e-9)
+        np.testing.assert_allclose(t_hat, t, atol=1e-9)
+    np.testing.assert_allclose(aligned[:, 3:], glob[:, 3:], atol=1e-9)
+    with pytest.raises(ValueError, match="conf_global"):
+        align_local_to_global(local, glob, conf[:, :4])
+
+
+def test_depth_points_project_and_transform_round_trip():
+    K = intrinsics(40.0, 12, 9)
+    depth = np.random.default_rng(4).uniform(1.0, 5.0, size=(2, 9, 12))
+    points = depth_to_points(depth, K)
+    np.testing.assert_allclose(points[..., 2], depth)
+    np.testing.assert_allclose(project(K, points), np.broadcast_to(pixel_grid(9, 12), (2, 9, 12, 2)), atol=1e-9)
+    assert not depth_to_points(np.zeros((3, 4)), K).any()
+    pose_a, pose_b = look_at(np.zeros(3), np.ones(3)), look_at(np.ones(3), np.zeros(3))
+    moved = transform_points(np.stack([pose_a, pose_b]), points)
+    np.testing.assert_allclose(moved[1], points[1] @ pose_b[:3, :3].T + pose_b[:3, 3])
+    np.testing.assert_allclose(transform_points(np.linalg.inv(pose_a), moved[0]), points[0], atol=1e-12)
+
+
+@pytest.mark.parametrize(("width", "height"), [(32, 24), (24, 32)])
+def test_estimate_focal_recovers_pinhole_focal(width, height):
+    K = intrinsics(37.0, width, height)
+    points = depth_to_points(box_room_depth(K, look_at(np.array([0.3, 0.2, -2.0]), np.zeros(3)), height, width), K)
+    assert estimate_focal(points) == pytest.approx(37.0, abs=1e-6)
+    wrong = np.arange(height) < 0.6 * height  # most rows look like a focal of 37 / 0.8, with low confidence
+    noisy = points.copy()
+    noisy[wrong] *= np.array([0.8, 0.8, 1.0])
+    conf = np.where(wrong[:, None], 1.0, 3.0) * np.ones(width)
+    assert estimate_focal(noisy, conf, percentile=70) == pytest.approx(37.0, abs=1e-6)
+    assert estimate_focal(noisy) == pytest.approx(37.0 / 0.8, abs=0.1)
+
+
+def test_estimate_poses_recovers_cameras_of_a_box_room():
+    width, height, focal = 40, 30, 30.0
+    K = intrinsics(focal, width, height)
+    eyes = np.array([[0.0, 0.5, -2.0], [1.2, 0.3, -1.8], [-1.5, 0.8, -1.0], [0.5, -0.5, -2.5]])
+    targets = np.array([[0.0, 0.5, 1.0], [-0.5, 0.0, 1.5], [0.5, 0.5, 1.0], [0.0, 1.0, 3.0]])
+    poses = np.stack([look_at(e, t) for e, t in zip(eyes, targets, strict=True)])
+    local = np.stack([depth_to_points(box_room_depth(K, pose, height, width), K) for pose in poses])
+    relative = np.linalg.inv(poses[0]) @ poses
+    glob = transform_points(relative, local)
+    conf = np.full(local.shape[:-1], 2.0)
+    estimated, focal_hat = estimate_poses(glob, conf)
+    assert focal_hat == pytest.approx(focal, abs=1e-6)
+    np.testing.assert_allclose(estimated[0], np.eye(4), atol=1e-6)
+    for pose_hat, pose in zip(estimated, relative, strict=True):
+        assert rotation_error_deg(pose_hat[:3, :3], pose[:3, :3]) < 0.1
+        np.testing.assert_allclose(pose_hat[:3, 3], pose[:3, 3], atol=1e-3)
+
+
+def test_estimate_poses_falls_back_to_identity_with_a_warning(caplog):
+    glob = depth_to_points(np.ones((2, 6, 8)), intrinsics(10.0, 8, 6))
+    conf = np.full((2, 6, 8), 2.0)
+    conf[1] = 1.0  # nothing above the threshold in view 1
+    with caplog.at_level(logging.WARNING, logger="d3r.geometry"):
+        poses, _ = estimate_poses(glob, conf, focal=10.0)
+    np.testing.assert_array_equal(poses[1], np.eye(4))
+    assert "view 1" in caplog.text
