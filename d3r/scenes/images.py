@@ -1,0 +1,109 @@
+"""Robust image reading: any common file mode in, RGB uint8 out, EXIF orientation applied.
+
+Mode rules (one of each):
+- EXIF orientation is applied first, so pixels come out the way a viewer shows them.
+- Alpha (RGBA, LA, PA, palette with transparency) is composited onto **white**: a transparent
+  background becomes white, never black, and the alpha channel is dropped.
+- 16-bit (``I;16*``) and 32-bit integer (``I``) images are taken as 16-bit values and scaled to
+  8 bit by ``round(v / 257)`` (so 65535 → 255); float (``F``) images are taken as [0, 1].
+- Grayscale, bilevel, palette, CMYK, YCbCr, LAB and HSV are converted to RGB by PIL.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp"})
+_EXIF_ORIENTATION = 0x0112
+_TRANSPOSED_ORIENTATIONS = frozenset({5, 6, 7, 8})
+_ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
+
+
+class ImageReadError(ValueError):
+    """An image file that cannot be read: names the file and what was wrong."""
+
+    def __init__(self, path: str | Path, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+def is_image_file(path: str | Path) -> bool:
+    """True when the suffix is one of :data:`IMAGE_SUFFIXES` (case-insensitive)."""
+    return Path(path).suffix.lower() in IMAGE_SUFFIXES
+
+
+def natural_key(name: str) -> tuple:
+    """Sort key that orders digit runs by value: ``frame_2`` < ``frame_10``; case-insensitive."""
+    parts = re.split(r"(\d+)", name)
+    return tuple(int(p) if i % 2 else p.lower() for i, p in enumerate(parts)), name
+
+
+def _open(path: Path) -> Image.Image:
+    if not path.is_file():
+        raise ImageReadError(path, "no such file")
+    if path.stat().st_size == 0:
+        raise ImageReadError(path, "file is empty (0 bytes)")
+    try:
+        return Image.open(path)
+    except UnidentifiedImageError:
+        raise ImageReadError(path, "not a readable image (unknown or corrupt format)") from None
+    except OSError as exc:
+        raise ImageReadError(path, f"corrupt image header: {exc}") from None
+
+
+def _to_rgb_uint8(image: Image.Image) -> np.ndarray:
+    """``[H, W, 3]`` uint8 from a PIL image of any mode (see the module docstring)."""
+    mode = image.mode
+    if mode.startswith("I;16") or mode == "I":
+        values = np.asarray(image, dtype=np.float64)
+        gray = np.clip(np.round(values / 257.0), 0, 255).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    if mode == "F":
+        gray = np.clip(np.round(np.asarray(image, dtype=np.float64) * 255.0), 0, 255).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    if mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in _ALPHA_MODES:
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(white, rgba)
+    return np.ascontiguousarray(np.asarray(image.convert("RGB"), dtype=np.uint8))
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Decode ``path`` to ``[H, W, 3]`` uint8 RGB, oriented by its EXIF tag.
+
+    Raises:
+        ImageReadError: for a missing, empty, corrupt, truncated or non-image file.
+    """
+    path = Path(path)
+    with _open(path) as image:
+        try:
+            image.load()
+            oriented = ImageOps.exif_transpose(image)
+            return _to_rgb_uint8(oriented)
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise ImageReadError(path, f"corrupt or truncated image data: {exc}") from None
+
+
+def read_image_size(path: str | Path) -> tuple[int, int]:
+    """(W, H) as :func:`read_image` would return it, from the header only (no pixel decode).
+
+    Raises:
+        ImageReadError: for a missing, empty or non-image file.
+    """
+    path = Path(path)
+    with _open(path) as image:
+        width, height = image.size
+        try:
+            orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
+        except (OSError, SyntaxError, ValueError):
+            orientation = 1
+    if orientation in _TRANSPOSED_ORIENTATIONS:
+        return height, width
+    return width, height
