@@ -101,6 +101,12 @@ class StudentConfig(Section):
 
 class TrainConfig(Section):
     loss: Literal["paper", "robust"] = "robust"
+    loss_conf_weighting: Literal["teacher", "student", "none"] = "teacher"
+    loss_conf_supervision: bool = True
+    loss_alpha_global: float = Field(2.0, ge=0)
+    loss_alpha_local: float = Field(1.0, ge=0)
+    loss_gamma_conf: float | None = Field(None, ge=0, description="None: the variant's default (paper 0.001)")
+    loss_alpha_logc: float = Field(0.2, ge=0, description="α of the −α·log C term (robust only)")
     epochs: int = Field(2, ge=1)
     batch_size: int = Field(2, ge=1)
     lr: float = Field(1e-4, gt=0)
