@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
+from d3r.eval import alignment
 from d3r.eval import metrics as m
+from d3r.geometry import apply_sim3
 
 # ----------------------------------------------------------------------------------------- point clouds
 
@@ -241,3 +243,82 @@ def test_view_consistency_measures_a_displaced_view():
     assert m.view_consistency(shifted, depth, K, poses) == pytest.approx(expected)
     far_apart = _plane_views(np.array([0.0, 50.0]))
     assert np.isnan(m.view_consistency(far_apart[3], *far_apart[:3]))
+
+
+# ------------------------------------------------------------------------------------------- alignment
+
+
+def _room_points(n_side: int = 24) -> np.ndarray:
+    """Points on three orthogonal walls with a bump: structured enough for ICP and normals."""
+    a, b = np.meshgrid(np.linspace(0, 2, n_side), np.linspace(0, 2, n_side))
+    a, b = a.ravel(), b.ravel()
+    bump = 0.2 * np.exp(-((a - 1) ** 2 + (b - 1) ** 2) * 4)
+    walls = [np.stack([a, b, bump], -1), np.stack([a, bump, b], -1), np.stack([bump, a, b], -1)]
+    return np.concatenate(walls)
+
+
+def _similarity(scale: float, degrees: tuple[float, float, float], shift: tuple[float, float, float]):
+    return scale, Rotation.from_euler("xyz", degrees, degrees=True).as_matrix(), np.array(shift)
+
+
+def test_similarity_transformed_prediction_scores_perfectly_after_alignment():
+    gt = _room_points().reshape(3, 24, 24, 3)
+    s, R, t = _similarity(0.3, (20, -40, 70), (1.0, -3.0, 2.0))
+    pred = apply_sim3(gt, s, R, t)
+    valid = np.ones(gt.shape[:-1], bool)
+    conf = 1.0 + np.random.default_rng(0).random(valid.shape)
+    sim = alignment.align_to_ground_truth(pred, gt, valid, np.eye(4), conf=conf)
+    aligned = apply_sim3(pred, *sim)
+    np.testing.assert_allclose(aligned, gt, atol=1e-9)
+    scores = m.reconstruction_metrics(aligned, gt).as_dict()
+    assert scores["acc"] < 1e-9 and scores["comp"] < 1e-9
+    assert scores["nc"] == pytest.approx(1.0, abs=1e-3)  # not exactly 1: the walls share their edge points
+
+
+def test_confidence_weights_keep_the_top_percentile():
+    conf = np.arange(1.0, 11.0)
+    valid = np.ones(10, bool)
+    np.testing.assert_array_equal(alignment.confidence_weights(conf, valid, 80.0), [0] * 8 + [1] * 2)
+    valid[-1] = False
+    assert alignment.confidence_weights(conf, valid, 0.0).tolist() == [1] * 9 + [0]
+
+
+def test_median_depth_alignment_undoes_scale_and_view0_pose():
+    gt_world = _room_points().reshape(3, 24, 24, 3) + np.array([0.0, 0.0, 3.0])
+    c2w0 = np.eye(4)
+    c2w0[:3, :3] = Rotation.from_euler("y", 30, degrees=True).as_matrix()
+    c2w0[:3, 3] = [0.5, 1.0, -2.0]
+    pred = 4.0 * apply_sim3(gt_world, 1.0, c2w0[:3, :3].T, -c2w0[:3, :3].T @ c2w0[:3, 3])  # GT in cam 0, ×4
+    valid = np.ones(pred.shape[:-1], bool)
+    sim = alignment.median_depth_alignment(pred, gt_world, valid, c2w0)
+    assert sim[0] == pytest.approx(0.25)
+    np.testing.assert_allclose(apply_sim3(pred, *sim), gt_world, atol=1e-9)
+
+
+def test_icp_recovers_a_small_rigid_misalignment():
+    gt = _room_points()
+    s, R, t = _similarity(1.0, (1.0, -0.5, 0.8), (0.02, -0.01, 0.015))
+    pred = apply_sim3(gt, s, R, t)
+    before = m.accuracy(pred, gt).mean
+    sim = alignment.icp_refine(pred, gt, threshold=0.1)
+    after = m.accuracy(apply_sim3(pred, *sim), gt).mean
+    assert sim[0] == 1.0
+    assert after < 1e-6 < before
+
+
+def test_icp_keeps_the_initial_scale_when_rigid():
+    gt = _room_points()
+    pred = apply_sim3(gt, 2.0, np.eye(3), np.zeros(3))
+    sim = alignment.icp_refine(pred, gt, threshold=0.1, init=(0.5, np.eye(3), np.zeros(3)))
+    assert sim[0] == pytest.approx(0.5)
+    np.testing.assert_allclose(apply_sim3(pred, *sim), gt, atol=1e-9)
+
+
+def test_alignment_rejects_bad_input():
+    valid = np.ones((1, 2, 2), bool)
+    with pytest.raises(ValueError, match="at least 3"):
+        alignment.umeyama_alignment(np.zeros((1, 2, 2, 3)), np.zeros((1, 2, 2, 3)), valid & False)
+    with pytest.raises(ValueError, match="shape"):
+        alignment.umeyama_alignment(np.zeros((1, 2, 2, 3)), np.zeros((1, 2, 3, 3)), valid)
+    with pytest.raises(ValueError, match="unknown"):
+        alignment.align_to_ground_truth(np.ones((1, 2, 2, 3)), np.ones((1, 2, 2, 3)), valid, np.eye(4), method="x")
