@@ -262,17 +262,22 @@ def estimate_poses(
         if keep.sum() < 4:
             log.warning("estimate_poses: view %d has %d confident pixels (< 4); pose set to identity", i, keep.sum())
             continue
-        ok, rvec, tvec, _ = cv2.solvePnPRansac(
-            pts_global[i][keep],
-            pixels[keep],
-            K,
-            None,
-            iterationsCount=iterations,
-            reprojectionError=reprojection_error,
-            flags=cv2.SOLVEPNP_SQPNP,
-        )
+        try:
+            ok, rvec, tvec, _ = cv2.solvePnPRansac(
+                pts_global[i][keep],
+                pixels[keep],
+                K,
+                None,
+                iterationsCount=iterations,
+                reprojectionError=reprojection_error,
+                flags=cv2.SOLVEPNP_SQPNP,
+            )
+        except cv2.error as err:
+            ok, reason = False, str(err).strip().splitlines()[-1]
+        else:
+            reason = "no consensus"
         if not ok:
-            log.warning("estimate_poses: PnP failed for view %d; pose set to identity", i)
+            log.warning("estimate_poses: PnP failed for view %d (%s); pose set to identity", i, reason)
             continue
         world_to_camera = np.eye(4)
         world_to_camera[:3, :3] = cv2.Rodrigues(rvec)[0]

@@ -172,10 +172,11 @@ def test_estimate_poses_recovers_cameras_of_a_box_room():
 
 
 def test_estimate_poses_falls_back_to_identity_with_a_warning(caplog):
-    glob = depth_to_points(np.ones((2, 6, 8)), intrinsics(10.0, 8, 6))
-    conf = np.full((2, 6, 8), 2.0)
+    glob = depth_to_points(np.ones((3, 6, 8)), intrinsics(10.0, 8, 6))
+    conf = np.full((3, 6, 8), 2.0)
     conf[1] = 1.0  # nothing above the threshold in view 1
+    glob[2] = 1.0  # every point of view 2 in one place: no pose explains it
     with caplog.at_level(logging.WARNING, logger="d3r.geometry"):
         poses, _ = estimate_poses(glob, conf, focal=10.0)
-    np.testing.assert_array_equal(poses[1], np.eye(4))
-    assert "view 1" in caplog.text
+    np.testing.assert_array_equal(poses[1:], np.broadcast_to(np.eye(4), (2, 4, 4)))
+    assert "view 1" in caplog.text and "view 2" in caplog.text
