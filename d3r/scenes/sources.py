@@ -1,0 +1,95 @@
+"""One entry point for every scene source: ``list_scenes(config)`` dispatches on ``scenes.source``.
+
+The configuration is checked before any listing starts (unknown source, missing or wrong root
+fail at once with :class:`~d3r.config.ConfigError` naming it); after that, per-item problems are
+scene rejects and the listing goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from d3r.config import ConfigError, ScenesConfig
+from d3r.scenes.datasets import DATASET_READERS
+from d3r.scenes.folders import list_folder_scenes
+from d3r.scenes.records import Scene
+from d3r.scenes.video import list_video_scenes
+
+logger = logging.getLogger(__name__)
+
+
+def _synthetic(config: ScenesConfig) -> Iterator[Scene]:
+    from d3r.scenes.synthetic import synthetic_scenes
+
+    return synthetic_scenes(config)
+
+
+def _folders(config: ScenesConfig) -> Iterator[Scene]:
+    return list_folder_scenes(config.root)
+
+
+def _video(config: ScenesConfig) -> Iterator[Scene]:
+    return list_video_scenes(config.root, config.video_stride, config.video_fps)
+
+
+def _colmap(config: ScenesConfig) -> Iterator[Scene]:
+    from d3r.scenes.colmap import find_colmap_scenes, read_colmap_scene
+
+    root = config.root
+    for scene_dir in find_colmap_scenes(root):
+        scene_id = scene_dir.relative_to(root).as_posix() if scene_dir != root else root.name
+        try:
+            yield read_colmap_scene(scene_dir, scene_id)
+        except (OSError, ValueError) as exc:
+            logger.info("skipping COLMAP scene %s: %s", scene_dir, exc)
+            yield Scene(id=scene_id, source="colmap", views=[], rejects=[(str(scene_dir), str(exc))])
+
+
+def _dataset(name: str) -> Callable[[ScenesConfig], Iterator[Scene]]:
+    def read(config: ScenesConfig) -> Iterator[Scene]:
+        return DATASET_READERS[name](config.root)
+
+    return read
+
+
+SOURCES: dict[str, Callable[[ScenesConfig], Iterator[Scene]]] = {
+    "synthetic": _synthetic,
+    "folders": _folders,
+    "video": _video,
+    "colmap": _colmap,
+    **{name: _dataset(name) for name in DATASET_READERS},
+}
+_FILE_ROOT_SOURCES = frozenset({"video"})
+
+
+def check_source(config: ScenesConfig) -> None:
+    """Fail at once on an unknown ``scenes.source`` or a missing or wrong ``scenes.root``.
+
+    Raises:
+        ConfigError: naming the field, the value and what was expected.
+    """
+    if config.source not in SOURCES:
+        raise ConfigError(f"scenes.source: unknown source {config.source!r}; expected one of {sorted(SOURCES)}")
+    if config.source == "synthetic":
+        return
+    root = config.root
+    if root is None:
+        raise ConfigError(f"scenes.root is required for scenes.source={config.source!r}")
+    if not Path(root).exists():
+        raise ConfigError(f"scenes.root: {root} does not exist (scenes.source={config.source!r})")
+    if not Path(root).is_dir() and config.source not in _FILE_ROOT_SOURCES:
+        raise ConfigError(f"scenes.root: {root} is not a folder (scenes.source={config.source!r} needs one)")
+
+
+def list_scenes(config: ScenesConfig) -> Iterator[Scene]:
+    """Lazy scenes of ``config.source`` under ``config.root`` (views carry loaders, not pixels).
+
+    Raises:
+        ConfigError: at the call, before any listing, for an unknown source or a bad root.
+    """
+    check_source(config)
+    if config.root is not None:
+        config = config.model_copy(update={"root": Path(config.root)})
+    return SOURCES[config.source](config)

@@ -1,0 +1,156 @@
+"""Source ``video``: one video file, or a folder of videos, each one scene (PyAV).
+
+Frame selection: ``scenes.video_fps`` when set (frames nearest to ``t = k / video_fps``), else every
+``scenes.video_stride``-th frame (default every frame). Listing reads container metadata only
+(frame count, rate, duration); each view's loader decodes its one frame. Frame ``i`` is the frame
+presented at ``start + i / rate``: the loader seeks to the key frame before it and decodes forward,
+identifying frames by timestamp, and falls back to decoding from the start counting frames when
+the stream has no timestamps. An unreadable video becomes a scene with no views and a reject.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+from d3r.scenes.images import natural_key
+from d3r.scenes.records import Scene, View
+
+logger = logging.getLogger(__name__)
+
+VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".avi", ".mkv", ".webm"})
+
+
+class VideoReadError(ValueError):
+    """A video (or one of its frames) that cannot be read: names the file and what was wrong."""
+
+    def __init__(self, path: str | Path, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """Container metadata: frame count, frame rate (frames/s), duration (s), frame size (W, H)."""
+
+    num_frames: int
+    rate: Fraction
+    duration: float
+    size: tuple[int, int]
+
+
+def is_video_file(path: Path) -> bool:
+    return path.suffix.lower() in VIDEO_SUFFIXES
+
+
+def probe_video(path: Path) -> VideoInfo:
+    """Read :class:`VideoInfo` from the container header, decoding nothing.
+
+    Raises:
+        VideoReadError: when the file is empty, not a video, or has no video stream.
+    """
+    if path.stat().st_size == 0:
+        raise VideoReadError(path, "file is empty (0 bytes)")
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise VideoReadError(path, "no video stream")
+            stream = container.streams.video[0]
+            rate = stream.average_rate or stream.guessed_rate
+            if not rate:
+                raise VideoReadError(path, "video stream has no frame rate")
+            if stream.duration is not None and stream.time_base is not None:
+                duration = float(stream.duration * stream.time_base)
+            else:
+                duration = (container.duration or 0) / av.time_base
+            num_frames = stream.frames or round(duration * float(rate))
+            size = (stream.codec_context.width, stream.codec_context.height)
+    except av.FFmpegError as exc:
+        raise VideoReadError(path, f"not a readable video: {exc}") from None
+    if num_frames <= 0:
+        raise VideoReadError(path, "video has no frames")
+    return VideoInfo(num_frames=num_frames, rate=Fraction(rate), duration=duration, size=size)
+
+
+def frame_indices(info: VideoInfo, stride: int | None, fps: float | None) -> list[int]:
+    """Indices of the frames to keep: nearest to ``k / fps`` seconds when ``fps`` is set, else every ``stride``-th."""
+    if fps is not None:
+        times = np.arange(0.0, info.num_frames / float(info.rate), 1.0 / fps)
+        picks = np.round(times * float(info.rate)).astype(int)
+        return sorted({int(i) for i in picks if i < info.num_frames})
+    return list(range(0, info.num_frames, stride or 1))
+
+
+def _decode_by_count(path: str, index: int) -> np.ndarray | None:
+    with av.open(path) as container:
+        for count, frame in enumerate(container.decode(video=0)):
+            if count == index:
+                return frame.to_ndarray(format="rgb24")
+    return None
+
+
+def _decode_by_time(path: str, index: int) -> np.ndarray | None:
+    """The frame presented at ``start + index / rate``, or None when the stream lacks timestamps."""
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        rate = Fraction(stream.average_rate or stream.guessed_rate)
+        start = stream.start_time or 0
+        target = start + round(Fraction(index) / rate / stream.time_base)
+        container.seek(target, backward=True, any_frame=False, stream=stream)
+        for frame in container.decode(stream):
+            if frame.pts is None:
+                return None
+            if round((frame.pts - start) * stream.time_base * rate) >= index:
+                return frame.to_ndarray(format="rgb24")
+    return None
+
+
+def load_video_frame(view: View) -> View:
+    """Loader for video views: decodes frame ``view.meta["frame_index"]`` of ``view.path`` to ``[H, W, 3]`` uint8.
+
+    Raises:
+        VideoReadError: naming the file and frame when it cannot be decoded.
+    """
+    index = int(view.meta["frame_index"])
+    try:
+        image = _decode_by_time(view.path, index)
+        if image is None:
+            image = _decode_by_count(view.path, index)
+    except av.FFmpegError as exc:
+        raise VideoReadError(view.path, f"cannot decode frame {index}: {exc}") from None
+    if image is None:
+        raise VideoReadError(view.path, f"video ends before frame {index}")
+    return view.with_(image=np.ascontiguousarray(image))
+
+
+def video_scene(path: Path, stride: int | None = None, fps: float | None = None) -> Scene:
+    """One lazy scene from a video file; an unreadable file gives a scene with no views and one reject."""
+    try:
+        info = probe_video(path)
+    except VideoReadError as exc:
+        logger.info("skipping video %s", exc)
+        return Scene(id=path.stem, source="video", views=[], rejects=[(str(path), exc.reason)])
+    views = [
+        View(name=f"frame_{i:06d}", path=str(path), loader=load_video_frame,
+             meta={"frame_index": i, "size": info.size})
+        for i in frame_indices(info, stride, fps)
+    ]
+    meta = {"video": str(path), "num_frames": info.num_frames, "fps": float(info.rate), "duration": info.duration}
+    return Scene(id=path.stem, source="video", views=views, meta=meta)
+
+
+def list_video_scenes(root: Path, stride: int | None = None, fps: float | None = None) -> Iterator[Scene]:
+    """Scenes from ``root``: a video file, or every video file directly in the folder ``root``."""
+    if root.is_file():
+        yield video_scene(root, stride, fps)
+        return
+    paths = sorted((p for p in root.iterdir() if p.is_file() and is_video_file(p)), key=lambda p: natural_key(p.name))
+    for path in paths:
+        yield video_scene(path, stride, fps)

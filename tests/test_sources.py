@@ -1,0 +1,73 @@
+"""list_scenes: dispatch on scenes.source, config errors at once, per-item rejects through to the listing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from d3r.config import ConfigError, ScenesConfig
+from d3r.scenes.sampling import sample_scene
+from d3r.scenes.sources import SOURCES, list_scenes
+
+
+def _image(path, value=0):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((6, 8, 3), value, dtype=np.uint8)).save(path)
+
+
+def test_every_configured_source_has_a_reader():
+    from typing import get_args
+
+    from d3r.config import SourceName
+
+    assert set(get_args(SourceName)) == set(SOURCES)
+
+
+def test_wrong_root_fails_at_once_naming_it(tmp_path):
+    missing = tmp_path / "nowhere"
+    with pytest.raises(ConfigError, match=r"scenes\.root: .*nowhere does not exist"):
+        list_scenes(ScenesConfig(source="folders", root=missing))
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(ConfigError, match=r"file\.txt is not a folder"):
+        list_scenes(ScenesConfig(source="co3d", root=tmp_path / "file.txt"))
+    with pytest.raises(ConfigError, match=r"scenes\.root is required"):
+        list_scenes(ScenesConfig(source="habitat"))
+
+
+def test_unknown_source_fails_naming_it(tmp_path):
+    config = ScenesConfig.model_construct(**{**ScenesConfig().model_dump(), "source": "flickr", "root": tmp_path})
+    with pytest.raises(ConfigError, match=r"unknown source 'flickr'"):
+        list_scenes(config)
+
+
+def test_folders_listing_goes_on_past_bad_items(tmp_path):
+    for i in range(4):
+        _image(tmp_path / "a" / f"f{i}.png", i)
+    (tmp_path / "a" / "f9.png").write_bytes(b"")
+    (tmp_path / "a" / "notes.txt").write_text("x")
+    for i in range(2):
+        _image(tmp_path / "b" / f"f{i}.png", i)
+    config = ScenesConfig(source="folders", root=tmp_path, views_per_sample=3, max_samples_per_scene=1)
+    scenes = list(list_scenes(config))
+    assert [s.id for s in scenes] == ["a", "b"]
+    assert len(scenes[0]) == 5 and scenes[0].rejects[0][0].endswith("notes.txt")
+    assert [len(sample_scene(s, config)) for s in scenes] == [1, 0]
+    assert scenes[1].rejects == [("b", "scene b has 2 views, needs 3")]
+
+
+def test_video_root_may_be_a_file(tmp_path):
+    import av
+
+    path = tmp_path / "clip.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=5)
+        stream.width, stream.height, stream.pix_fmt = 16, 16, "yuv420p"
+        for i in range(6):
+            frame = av.VideoFrame.from_ndarray(np.full((16, 16, 3), 30 * i, dtype=np.uint8), format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    (scene,) = list_scenes(ScenesConfig(source="video", root=path, video_stride=2))
+    assert [v.meta["frame_index"] for v in scene.views] == [0, 2, 4]
