@@ -1,0 +1,526 @@
+"""Fast3R, natively: the model, its presets, official-checkpoint loading, and the ``fast3r`` teacher.
+
+The module tree and ``state_dict`` keys equal the official release (``jedyang97/Fast3R_ViT_Large_512``:
+712 tensors, 647,551,368 parameters), so its ``model.safetensors`` loads strictly:
+
+- ``encoder``: CroCo ViT (``patch_embed.proj``, ``enc_blocks.*`` with 2D RoPE, LayerNorm eps 1e-6, ``enc_norm``);
+- ``decoder``: ``decoder_embed``, an image-index sin/cos row added once per view, ``dec_blocks.*`` (global
+  attention over all views' tokens, no RoPE, LayerNorm eps 1e-5), ``dec_norm`` (eps 1e-6);
+- ``downstream_head`` / ``downstream_head_local``: DPT heads on hooks ``[0, 12, 18, 24]``, where 0 is the
+  encoder output before ``decoder_embed`` and the last hook is ``dec_norm``'s output.
+
+Images are ``[B, N, 3, H, W]`` in [-1, 1] (H, W multiples of 16, any orientation). Global points are in
+view 0's camera frame, local points in each view's own frame; confidence is ``1 + exp(x)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import pickle
+import re
+from collections.abc import Mapping
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from d3r.config import ConfigError, TeacherConfig
+from d3r.nn import Block, DPTPointmapHead, PatchEmbed, RoPE2D, image_index_embedding, patch_positions
+from d3r.teachers.base import OUTPUT_KEYS, register_teacher
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+
+
+@dataclass(frozen=True)
+class Fast3RConfig:
+    """Architecture of a Fast3R model (defaults: the official release)."""
+
+    enc_dim: int = 1024
+    enc_depth: int = 24
+    enc_heads: int = 16
+    enc_mlp_ratio: float = 4.0
+    patch_size: int = 16
+    rope_freq: float = 100.0
+    dec_dim: int = 1024
+    dec_depth: int = 24
+    dec_heads: int = 16
+    dec_mlp_ratio: float = 4.0
+    dec_qkv_bias: bool = True
+    hooks: tuple[int, ...] = (0, 12, 18, 24)
+    layer_dims: tuple[int, ...] = (96, 192, 384, 768)
+    feature_dim: int = 256
+    last_dim: int = 128
+    num_image_ids: int = 1000
+    random_image_idx_embedding: bool = True
+    attn_bias_for_inference_enabled: bool = False
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.enc_dim % self.enc_heads or (self.enc_dim // self.enc_heads) % 4:
+            problems.append(
+                f"enc_dim={self.enc_dim} must split into enc_heads={self.enc_heads} heads of a size divisible by 4"
+            )
+        if self.dec_dim % self.dec_heads:
+            problems.append(f"dec_dim={self.dec_dim} is not divisible by dec_heads={self.dec_heads}")
+        if len(self.hooks) != 4 or not all(0 <= h <= self.dec_depth for h in self.hooks):
+            problems.append(f"hooks={self.hooks} must be 4 layer indices in 0..dec_depth={self.dec_depth}")
+        if len(self.layer_dims) != 4:
+            problems.append(f"layer_dims={self.layer_dims} must have 4 entries")
+        if problems:
+            raise ValueError("invalid Fast3R config: " + "; ".join(problems))
+
+
+PRESETS: dict[str, Fast3RConfig] = {
+    "release": Fast3RConfig(),
+    "tiny": Fast3RConfig(
+        enc_dim=64, enc_depth=2, enc_heads=4, dec_dim=64, dec_depth=4, dec_heads=4,
+        hooks=(0, 2, 3, 4), layer_dims=(16, 32, 48, 64), feature_dim=32, last_dim=16,
+    ),
+}
+
+
+def fast3r_config(preset: str = "release", **overrides: Any) -> Fast3RConfig:
+    """The named preset with ``overrides`` (Fast3RConfig field names) applied."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown Fast3R preset {preset!r}; known: {sorted(PRESETS)}")
+    fields = {f.name for f in dataclasses.fields(Fast3RConfig)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(f"unknown Fast3R config field(s) {unknown}; known: {sorted(fields)}")
+    return dataclasses.replace(PRESETS[preset], **overrides)
+
+
+def decoder_eval_attention_scale(head_dim: int) -> float:
+    """Fast3R's inference scale when ``attn_bias_for_inference_enabled``: ``head_dim^-0.5 * sqrt(log 137 / log 20)``."""
+    return head_dim**-0.5 * math.sqrt(math.log(137) / math.log(20))
+
+
+def random_image_ids(
+    batch: int, views: int, generator: torch.Generator | None = None, num_rows: int = 1000
+) -> torch.Tensor:
+    """The official random view ids ``[B, N]`` long: id 0 for view 0, the others
+    ``randperm(num_rows - 1)[:N-1] + 1``, drawn separately for each batch element."""
+    if views > num_rows:
+        raise ValueError(f"{views} views exceed the {num_rows} image-index rows")
+    zero = torch.zeros(1, dtype=torch.long)
+    rows = [torch.cat([zero, torch.randperm(num_rows - 1, generator=generator)[: views - 1] + 1]) for _ in range(batch)]
+    return torch.stack(rows)
+
+
+class Fast3REncoder(nn.Module):
+    """``images [V, 3, H, W] → tokens [V, P, enc_dim]`` (CroCo ViT with 2D RoPE)."""
+
+    def __init__(self, config: Fast3RConfig) -> None:
+        super().__init__()
+        rope = RoPE2D(config.rope_freq)
+        self.patch_embed = PatchEmbed(config.patch_size, config.enc_dim)
+        self.enc_blocks = nn.ModuleList(
+            Block(config.enc_dim, config.enc_heads, config.enc_mlp_ratio, norm_eps=1e-6, rope=rope)
+            for _ in range(config.enc_depth)
+        )
+        self.enc_norm = nn.LayerNorm(config.enc_dim, eps=1e-6)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        patch = self.patch_embed.patch_size
+        positions = patch_positions(images.shape[-2] // patch, images.shape[-1] // patch, images.device)
+        x = self.patch_embed(images)
+        for block in self.enc_blocks:
+            x = block(x, positions)
+        return self.enc_norm(x)
+
+
+class Fast3RDecoder(nn.Module):
+    """Fusion transformer: global attention over the tokens of all views of a sample."""
+
+    def __init__(self, config: Fast3RConfig) -> None:
+        super().__init__()
+        head_dim = config.dec_dim // config.dec_heads
+        eval_scale = decoder_eval_attention_scale(head_dim) if config.attn_bias_for_inference_enabled else None
+        self.decoder_embed = nn.Linear(config.enc_dim, config.dec_dim)
+        self.dec_blocks = nn.ModuleList(
+            Block(config.dec_dim, config.dec_heads, config.dec_mlp_ratio, qkv_bias=config.dec_qkv_bias,
+                  norm_eps=1e-5, attn_eval_scale=eval_scale)
+            for _ in range(config.dec_depth)
+        )
+        self.dec_norm = nn.LayerNorm(config.dec_dim, eps=1e-6)
+        table = image_index_embedding(config.num_image_ids, config.dec_dim)
+        self.register_buffer("image_idx_emb", table, persistent=False)
+
+    def forward(self, enc_tokens: torch.Tensor, image_ids: torch.Tensor, hooks: tuple[int, ...]) -> list[torch.Tensor]:
+        """``enc_tokens [B, N, P, C]``, ``image_ids [B, N]`` → the hooked layers, each ``[B, N, P, C_k]``.
+
+        Layer 0 is ``enc_tokens`` itself; layer k is block k's output, ``dec_norm``-ed for the last block.
+        """
+        b, n, p, _ = enc_tokens.shape
+        x = self.decoder_embed(enc_tokens) + self.image_idx_emb[image_ids][:, :, None]
+        x = x.reshape(b, n * p, -1)
+        hooked = {0: enc_tokens} if 0 in hooks else {}
+        for depth, block in enumerate(self.dec_blocks, start=1):
+            x = block(x)
+            if depth in hooks:
+                out = self.dec_norm(x) if depth == len(self.dec_blocks) else x
+                hooked[depth] = out.reshape(b, n, p, -1)
+        return [hooked[h] for h in hooks]
+
+
+def _head(config: Fast3RConfig) -> DPTPointmapHead:
+    return DPTPointmapHead(
+        dim_tokens=[config.enc_dim if h == 0 else config.dec_dim for h in config.hooks],
+        hooks=list(config.hooks), layer_dims=list(config.layer_dims), feature_dim=config.feature_dim,
+        last_dim=config.last_dim, num_channels=4, patch_size=config.patch_size,
+    )
+
+
+class Fast3R(nn.Module):
+    """Multi-view pointmap model; see the module docstring. ``view_chunk`` bounds the views per encoder/head call."""
+
+    def __init__(self, config: Fast3RConfig, view_chunk: int = 25) -> None:
+        super().__init__()
+        self.config = config
+        self.view_chunk = view_chunk
+        self.weights_sha256: str | None = None
+        self.encoder = Fast3REncoder(config)
+        self.decoder = Fast3RDecoder(config)
+        self.downstream_head = _head(config)
+        self.downstream_head_local = _head(config)
+
+    def set_attention_dtype(self, dtype: torch.dtype | None) -> None:
+        """Dtype of every attention core on CUDA (``None``: the input dtype, i.e. no down-cast)."""
+        for module in self.modules():
+            if hasattr(module, "core_dtype"):
+                module.core_dtype = dtype
+
+    def _check_inputs(self, images: torch.Tensor, image_ids: torch.Tensor | None) -> torch.Tensor:
+        if images.dim() != 5 or images.shape[2] != 3:
+            raise ValueError(f"images must be [B, N, 3, H, W], got {tuple(images.shape)}")
+        b, n, _, height, width = images.shape
+        patch = self.config.patch_size
+        if height % patch or width % patch:
+            raise ValueError(f"image size {height}x{width} (HxW) must be a multiple of the patch size {patch}")
+        rows = self.config.num_image_ids
+        if image_ids is None:
+            if n > rows:
+                raise ValueError(f"{n} views exceed the {rows} image-index rows")
+            return torch.arange(n, device=images.device).expand(b, n)
+        if image_ids.shape != (b, n) or image_ids.is_floating_point():
+            raise ValueError(
+                f"image_ids must be integer [B, N] = [{b}, {n}], got {image_ids.dtype} {tuple(image_ids.shape)}"
+            )
+        if image_ids.min() < 0 or image_ids.max() >= rows:
+            raise ValueError(f"image_ids must lie in 0..{rows - 1}")
+        return image_ids.to(images.device, torch.long)
+
+    def forward(self, images: torch.Tensor, image_ids: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """``images [B, N, 3, H, W]`` in [-1, 1]; ``image_ids [B, N]`` (None: 0..N-1) → ``pts3d_global``,
+        ``pts3d_local`` ``[B, N, H, W, 3]`` and ``conf_global``, ``conf_local`` ``[B, N, H, W]`` (float32)."""
+        ids = self._check_inputs(images, image_ids)
+        b, n, _, height, width = images.shape
+        views = images.reshape(b * n, 3, height, width)
+        enc = torch.cat([self.encoder(chunk) for chunk in views.split(self.view_chunk)])
+        hooked = self.decoder(enc.reshape(b, n, *enc.shape[1:]), ids, self.config.hooks)
+        hooked = [h.reshape(b * n, *h.shape[2:]) for h in hooked]
+        outputs: dict[str, list[torch.Tensor]] = {key: [] for key in OUTPUT_KEYS}
+        for start in range(0, b * n, self.view_chunk):
+            tokens = [h[start : start + self.view_chunk] for h in hooked]
+            for head, suffix in ((self.downstream_head, "global"), (self.downstream_head_local, "local")):
+                pts, conf = head(tokens, (height, width))
+                outputs[f"pts3d_{suffix}"].append(pts)
+                outputs[f"conf_{suffix}"].append(conf)
+        return {key: torch.cat(parts).reshape(b, n, *parts[0].shape[1:]) for key, parts in outputs.items()}
+
+
+def build_fast3r(preset: str = "release", view_chunk: int = 25, **overrides: Any) -> Fast3R:
+    """A randomly initialised Fast3R of the named preset (``overrides``: Fast3RConfig fields)."""
+    return Fast3R(fast3r_config(preset, **overrides), view_chunk=view_chunk)
+
+
+# ---- config.json (the Hugging Face layout written by the official ``save_pretrained``) ----
+
+_JSON_TO_FIELD = {
+    ("encoder_args", "depth"): "enc_depth",
+    ("encoder_args", "embed_dim"): "enc_dim",
+    ("encoder_args", "num_heads"): "enc_heads",
+    ("encoder_args", "mlp_ratio"): "enc_mlp_ratio",
+    ("encoder_args", "patch_size"): "patch_size",
+    ("decoder_args", "depth"): "dec_depth",
+    ("decoder_args", "embed_dim"): "dec_dim",
+    ("decoder_args", "num_heads"): "dec_heads",
+    ("decoder_args", "mlp_ratio"): "dec_mlp_ratio",
+    ("decoder_args", "qkv_bias"): "dec_qkv_bias",
+    ("decoder_args", "random_image_idx_embedding"): "random_image_idx_embedding",
+    ("decoder_args", "attn_bias_for_inference_enabled"): "attn_bias_for_inference_enabled",
+}
+_INF = float("inf")
+# The only values this implementation computes; anything else is refused.
+_JSON_REQUIRED = {
+    ("encoder_args", "encoder_type"): "croco",
+    ("encoder_args", "patch_embed_cls"): "PatchEmbedDust3R",
+    ("decoder_args", "decoder_type"): "fast3r",
+    ("head_args", "head_type"): "dpt",
+    ("head_args", "output_mode"): "pts3d",
+    ("head_args", "depth_mode"): ["exp", -_INF, _INF],
+    ("head_args", "conf_mode"): ["exp", 1, _INF],
+    ("head_args", "landscape_only"): False,
+    ("head_args", "with_local_head"): True,
+}
+# Accepted with any value: they change how the official code runs, not what it computes at inference.
+_JSON_NO_EFFECT = {
+    ("encoder_args", "attn_implementation"): "attention kernel choice; SDPA computes the same function",
+    ("decoder_args", "attn_implementation"): "attention kernel choice; SDPA computes the same function",
+    ("encoder_args", "img_size"): "RoPE has no size table; any multiple of the patch size works",
+    ("decoder_args", "drop"): "dropout is inactive at inference",
+    ("decoder_args", "attn_drop"): "dropout is inactive at inference",
+}
+# Checked against the encoder's values.
+_JSON_CONSISTENCY = (("decoder_args", "enc_embed_dim"), ("head_args", "patch_size"))
+_SECTIONS = ("encoder_args", "decoder_args", "head_args")
+
+
+def config_from_json(data: Mapping[str, Any], base: Fast3RConfig, source: str = CONFIG_FILE) -> Fast3RConfig:
+    """Apply an official ``config.json`` onto ``base``: mapped values are applied, the others must be the
+    values this implementation computes; an unknown or unsupported one raises a ConfigError naming it."""
+    errors = [f"{key}: unknown section" for key in data if key not in _SECTIONS]
+    updates: dict[str, Any] = {}
+    for section in _SECTIONS:
+        args = data.get(section, {})
+        for key, value in args.items():
+            where = (section, key)
+            if where in _JSON_TO_FIELD:
+                updates[_JSON_TO_FIELD[where]] = value
+            elif where == ("encoder_args", "pos_embed"):
+                match = re.fullmatch(r"RoPE(\d+(?:\.\d+)?)", str(value))
+                if match:
+                    updates["rope_freq"] = float(match.group(1))
+                else:
+                    errors.append(f"{section}.{key}={value!r}: only 'RoPE<freq>' is supported")
+            elif where in _JSON_REQUIRED:
+                if value != _JSON_REQUIRED[where]:
+                    errors.append(f"{section}.{key}={value!r}: only {_JSON_REQUIRED[where]!r} is supported")
+            elif where not in _JSON_NO_EFFECT and where not in _JSON_CONSISTENCY:
+                errors.append(f"{section}.{key}: unknown field")
+    enc_dim = updates.get("enc_dim", base.enc_dim)
+    patch = updates.get("patch_size", base.patch_size)
+    for (section, key), expected, name in (
+        (("decoder_args", "enc_embed_dim"), enc_dim, "encoder_args.embed_dim"),
+        (("head_args", "patch_size"), patch, "encoder_args.patch_size"),
+    ):
+        value = data.get(section, {}).get(key, expected)
+        if value != expected:
+            errors.append(f"{section}.{key}={value!r}: must equal {name}={expected!r}")
+    if errors:
+        raise ConfigError(f"{source}: unsupported Fast3R config: " + "; ".join(errors))
+    changed = {k: v for k, v in updates.items() if getattr(base, k) != v}
+    if changed:
+        logger.info("%s overrides the preset: %s", source, changed)
+    try:
+        return dataclasses.replace(base, **updates)
+    except ValueError as error:
+        raise ConfigError(f"{source}: {error}") from error
+
+
+def config_to_json(config: Fast3RConfig) -> dict[str, Any]:
+    """The official ``config.json`` content describing ``config`` (round-trips through ``config_from_json``)."""
+    data: dict[str, dict[str, Any]] = {section: {} for section in _SECTIONS}
+    for (section, key), field in _JSON_TO_FIELD.items():
+        data[section][key] = getattr(config, field)
+    for (section, key), value in _JSON_REQUIRED.items():
+        data[section][key] = value
+    data["encoder_args"].update(
+        attn_implementation="flash_attention", img_size=512, pos_embed=f"RoPE{config.rope_freq:g}"
+    )
+    data["decoder_args"].update(
+        attn_implementation="flash_attention", drop=0.0, attn_drop=0.0, enc_embed_dim=config.enc_dim
+    )
+    data["head_args"]["patch_size"] = config.patch_size
+    return data
+
+
+# ---- checkpoints ----
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that does not fit the model: names the file and the offending keys."""
+
+
+def save_fast3r(model: Fast3R, directory: str | Path) -> Path:
+    """Write ``config.json`` + ``model.safetensors`` (official Hugging Face layout) into ``directory``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(directory / WEIGHTS_FILE))
+    (directory / CONFIG_FILE).write_text(json.dumps(config_to_json(model.config), indent=2, sort_keys=True))
+    return directory
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _read_torch_checkpoint(path: Path) -> Mapping[str, Any]:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        logger.warning("%s holds more than tensors; loading it with full unpickling (trusted files only)", path)
+        return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Network tensors from a ``.safetensors`` file, a Lightning checkpoint (``state_dict`` with ``net.``
+    keys) or a DUSt3R-style ``.pth`` (``model``), without the ``scratch.layer_rn.*`` aliases."""
+    if path.suffix == ".safetensors":
+        state = load_file(str(path))
+    else:
+        raw = _read_torch_checkpoint(path)
+        if "state_dict" in raw:
+            state = {k[len("net."):]: v for k, v in raw["state_dict"].items() if k.startswith("net.")}
+            if not state:
+                raise CheckpointError(
+                    f"{path}: 'state_dict' has no 'net.'-prefixed keys (not a Fast3R Lightning checkpoint)"
+                )
+        elif "model" in raw:
+            state = dict(raw["model"])
+        elif all(isinstance(v, torch.Tensor) for v in raw.values()):
+            state = dict(raw)
+        else:
+            raise CheckpointError(f"{path}: expected a state dict, a Lightning 'state_dict' or a 'model' entry")
+    return {k: v.float() if v.is_floating_point() else v for k, v in state.items() if ".scratch.layer_rn." not in k}
+
+
+def check_state_dict(state: Mapping[str, torch.Tensor], model: nn.Module, source: str, shown: int = 5) -> None:
+    """Raise one CheckpointError listing missing, unexpected and mis-shaped keys (first ``shown`` of each)."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    common = set(state) & set(expected)
+    mismatched = sorted(
+        f"{k} {tuple(state[k].shape)} != {expected[k]}" for k in common if tuple(state[k].shape) != expected[k]
+    )
+    parts = [f"{len(items)} {label}: {items[:shown]}" for label, items in
+             (("missing", missing), ("unexpected", unexpected), ("mis-shaped", mismatched)) if items]
+    if parts:
+        raise CheckpointError(f"{source} does not fit the Fast3R model: " + "; ".join(parts))
+
+
+def load_fast3r(path: str | Path, preset: str | None = None, view_chunk: int = 25) -> Fast3R:
+    """Load a Fast3R from ``model.safetensors``, a directory with ``config.json`` + ``model.safetensors``,
+    or a Lightning / DUSt3R-style torch checkpoint; strict: any key problem raises one CheckpointError.
+
+    The architecture is ``preset`` (default ``release``) with ``config.json``'s values applied.
+    ``model.weights_sha256`` is set to the weights file's sha256.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"Fast3R checkpoint {path} does not exist")
+    config = fast3r_config(preset or "release")
+    weights = path
+    if path.is_dir():
+        weights = path / WEIGHTS_FILE
+        if not weights.is_file():
+            raise FileNotFoundError(f"{path} has no {WEIGHTS_FILE}")
+        config_path = path / CONFIG_FILE
+        if config_path.is_file():
+            config = config_from_json(json.loads(config_path.read_text()), config, source=str(config_path))
+    state = read_state_dict(weights)
+    with torch.device("meta"):
+        model = Fast3R(config, view_chunk=view_chunk)
+    check_state_dict(state, model, str(weights))
+    model.load_state_dict(state, strict=True, assign=True)
+    model.weights_sha256 = file_sha256(weights)
+    return model.eval()
+
+
+# ---- the teacher ----
+
+
+class Fast3RTeacher:
+    """The ``fast3r`` teacher: uint8 images in, the four float32 CPU maps out (see ``d3r.teachers.base``)."""
+
+    name = "fast3r"
+    needs_ground_truth = False
+
+    def __init__(self, model: Fast3R, config: TeacherConfig) -> None:
+        if config.device == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("teacher.device='cuda' but CUDA is not available")
+        if config.image_ids == "random" and not model.config.random_image_idx_embedding:
+            raise ConfigError("teacher.image_ids='random' but this checkpoint was trained with sequential view ids")
+        use_cuda = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
+        self.device = torch.device("cuda" if use_cuda else "cpu")
+        self.dtype = getattr(torch, config.dtype) if use_cuda else torch.float32
+        self.config = config
+        self.model = model.to(self.device).eval()
+        self.model.view_chunk = config.view_chunk
+        self.model.set_attention_dtype(None if self.dtype == torch.float32 else self.dtype)
+
+    @property
+    def fingerprint(self) -> dict[str, Any]:
+        fingerprint = {
+            "name": self.name,
+            "preset": self.config.preset,
+            "model": asdict(self.model.config),
+            "weights_sha256": self.model.weights_sha256,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "image_ids": self.config.image_ids,
+        }
+        if self.config.image_ids == "random":
+            fingerprint["image_ids_seed"] = self.config.image_ids_seed
+        return fingerprint
+
+    def _image_ids(self, images: torch.Tensor) -> torch.Tensor | None:
+        """Sequential: None. Random: official-style ids seeded by (seed, sample content), so a sample gets
+        the same ids whatever batch it is in."""
+        if self.config.image_ids == "sequential":
+            return None
+        rows = []
+        for sample in images:
+            digest = hashlib.sha256(f"{self.config.image_ids_seed}:".encode() + sample.cpu().numpy().tobytes())
+            generator = torch.Generator().manual_seed(int.from_bytes(digest.digest()[:8], "little"))
+            rows.append(random_image_ids(1, images.shape[1], generator, self.model.config.num_image_ids))
+        return torch.cat(rows)
+
+    def predict(
+        self,
+        images: torch.Tensor,
+        *,
+        depth: torch.Tensor | None = None,
+        K: torch.Tensor | None = None,
+        poses: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """``images`` uint8 ``[B, N, 3, H, W]`` → the four maps (float32, CPU); ground truth is not used."""
+        if images.dtype != torch.uint8:
+            raise ValueError(f"fast3r teacher expects uint8 images [B, N, 3, H, W], got {images.dtype}")
+        ids = self._image_ids(images)
+        use_autocast = self.device.type == "cuda" and self.dtype != torch.float32
+        autocast = torch.autocast("cuda", dtype=self.dtype) if use_autocast else nullcontext()
+        with torch.inference_mode(), autocast:
+            x = images.to(self.device).float() / 127.5 - 1.0
+            out = self.model(x, ids)
+        return {key: out[key].float().cpu() for key in OUTPUT_KEYS}
+
+
+@register_teacher("fast3r")
+def build_fast3r_teacher(config: TeacherConfig) -> Fast3RTeacher:
+    """Load the checkpoint named by ``teacher.checkpoint`` (checked before any work) and wrap it."""
+    if config.checkpoint is None:
+        raise ConfigError("teacher.checkpoint is required for teacher.name='fast3r' "
+                          "(model.safetensors, a config.json + model.safetensors directory, or a Lightning .ckpt)")
+    if not Path(config.checkpoint).exists():
+        raise ConfigError(f"teacher.checkpoint={str(config.checkpoint)!r} does not exist")
+    try:
+        model = load_fast3r(config.checkpoint, preset=config.preset, view_chunk=config.view_chunk)
+    except (CheckpointError, FileNotFoundError, ValueError) as error:
+        raise ConfigError(f"teacher.checkpoint={str(config.checkpoint)!r}: {error}") from error
+    return Fast3RTeacher(model, config)
