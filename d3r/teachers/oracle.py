@@ -123,6 +123,30 @@ def _blob_masks(shape: tuple[int, int, int], count: int, rng: np.random.Generato
     return masks
 
 
+def _bleed_edges(depth: np.ndarray, valid: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """``(mask, bled_depth)``: pixels at depth discontinuities and a random mix of their neighbourhood's
+    nearest and farthest depth (``[N, H, W]`` each; ``bled_depth`` is only meaningful under ``mask``)."""
+    lowest, highest = _neighbourhood_range(depth, valid, EDGE_BLEED_WINDOW)
+    mask = valid & (depth_edges(depth, valid) > EDGE_BLEED_THRESHOLD)
+    return mask, lowest + rng.uniform(size=depth.shape) * (highest - lowest)
+
+
+def _scale_shift_views(
+    glob: np.ndarray, centres: np.ndarray, probability: float, rng: np.random.Generator
+) -> np.ndarray:
+    """Scale some views' global points ``[N, H, W, 3]`` in place about their camera ``centres [N, 3]``.
+
+    Each view but view 0 is shifted with ``probability``. Returns the ``[N]`` bool mask of shifted views.
+    """
+    shifted = np.zeros(len(glob), dtype=bool)
+    for view in range(1, len(glob)):
+        if rng.uniform() < probability:
+            scale = rng.uniform(*SCALE_SHIFT_RANGE) ** rng.choice([-1.0, 1.0])
+            glob[view] = centres[view] + scale * (glob[view] - centres[view])
+            shifted[view] = True
+    return shifted
+
+
 def oracle_outputs(
     depth: np.ndarray, K: np.ndarray, poses: np.ndarray, params: OracleParams, rng: np.random.Generator
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -144,8 +168,8 @@ def oracle_outputs(
         ValueError: on mismatched shapes or a sample without any valid depth.
     """
     depth, K, poses = (np.asarray(a, dtype=np.float64) for a in (depth, K, poses))
-    num_views = depth.shape[0]
-    if depth.ndim != 3 or K.shape != (num_views, 3, 3) or poses.shape != (num_views, 4, 4):
+    num_views = len(depth) if depth.ndim == 3 else -1
+    if K.shape != (num_views, 3, 3) or poses.shape != (num_views, 4, 4):
         raise ValueError(
             "oracle: expected depth [N, H, W], K [N, 3, 3], poses [N, 4, 4]; "
             f"got {depth.shape}, {K.shape}, {poses.shape}"
@@ -162,10 +186,8 @@ def oracle_outputs(
 
     bled = np.zeros(depth.shape, dtype=bool)
     if params.corrupt_edge_bleed:
-        lowest, highest = _neighbourhood_range(depth, valid, EDGE_BLEED_WINDOW)
-        bled = valid & (depth_edges(depth, valid) > EDGE_BLEED_THRESHOLD)
-        mix = rng.uniform(size=depth.shape)
-        noisy_depth = np.where(bled, lowest + mix * (highest - lowest), noisy_depth)
+        bled, bled_depth = _bleed_edges(depth, valid, rng)
+        noisy_depth = np.where(bled, bled_depth, noisy_depth)
         conf_factor[bled] *= EDGE_CONF_FACTOR
 
     local = depth_to_points(noisy_depth, K)
@@ -175,15 +197,8 @@ def oracle_outputs(
 
     relative = np.linalg.inv(poses[0]) @ poses
     glob = transform_points(relative, local)
-    conf_global_factor = conf_factor.copy()
-    scaled = np.zeros(depth.shape, dtype=bool)
-    for view in range(1, num_views):
-        if rng.uniform() < params.corrupt_scale_view_prob:
-            scale = rng.uniform(*SCALE_SHIFT_RANGE) ** rng.choice([-1.0, 1.0])
-            centre = relative[view, :3, 3]
-            glob[view] = centre + scale * (glob[view] - centre)
-            conf_global_factor[view] *= SCALE_CONF_FACTOR
-            scaled[view] = valid[view]
+    shifted = _scale_shift_views(glob, relative[:, :3, 3], params.corrupt_scale_view_prob, rng)
+    conf_global_factor = conf_factor * np.where(shifted, SCALE_CONF_FACTOR, 1.0)[:, None, None]
 
     clean_conf = 1.0 + CONF_SCALE * quality
     outputs = {
@@ -195,7 +210,7 @@ def oracle_outputs(
     corrupted_local = bled | blobs
     return (
         {key: value.astype(np.float32) for key, value in outputs.items()},
-        {"global": corrupted_local | scaled, "local": corrupted_local},
+        {"global": corrupted_local | (shifted[:, None, None] & valid), "local": corrupted_local},
     )
 
 
