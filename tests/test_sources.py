@@ -71,3 +71,36 @@ def test_video_root_may_be_a_file(tmp_path):
             container.mux(packet)
     (scene,) = list_scenes(ScenesConfig(source="video", root=path, video_stride=2))
     assert [v.meta["frame_index"] for v in scene.views] == [0, 2, 4]
+
+
+def _folder_config(root, **scenes):
+    from d3r.config import D3RConfig
+
+    return D3RConfig(scenes={"source": "folders", "root": root, "views_per_sample": 2, **scenes})
+
+
+def test_scene_list_and_show(tmp_path, capsys):
+    from d3r.cli import main
+    from d3r.scenes.catalog import format_scene, format_scene_list
+
+    for i in range(5):
+        _image(tmp_path / "kitchen" / f"frame_{i}.png", i)
+    _image(tmp_path / "short" / "only.png")
+    (tmp_path / "kitchen" / "readme.md").write_text("x")
+    text = format_scene_list(_folder_config(tmp_path))
+    rows = {line.split()[0]: line.split()[1:] for line in text.splitlines() if line.startswith(("kitchen", "short"))}
+    assert rows["kitchen"][:3] == ["5", "2", "1"]
+    assert rows["short"][:3] == ["1", "0", "1"]
+    assert "total (folders: 2 scenes)  6" in text
+    assert "readme.md: not an image" in text and "scene short has 1 views, needs 2" in text
+
+    shown = format_scene(_folder_config(tmp_path), "kitchen")
+    assert "frame_4  8x6   no  no    no" in shown
+    with pytest.raises(ConfigError, match=r"no scene 'attic'.*kitchen, short"):
+        format_scene(_folder_config(tmp_path), "attic")
+
+    assert main(["scenes", "show", "--scene", "kitchen", "--scenes.source", "folders", "--scenes.root",
+                 str(tmp_path)]) == 0
+    assert "frame_0" in capsys.readouterr().out
+    assert main(["scenes", "list", "--scenes.source", "folders", "--scenes.root", str(tmp_path / "nope")]) == 2
+    assert "does not exist" in capsys.readouterr().err

@@ -1,0 +1,101 @@
+"""Text reports behind ``d3r scenes list`` and ``d3r scenes show``.
+
+``list``: one row per scene (views, samples, rejects, split) and a total row for the source;
+``show``: one row per view of one scene (size, whether K, pose and depth are known), then the
+scene's rejects. Listing reads no pixels; ``show`` reads image headers, and loads a view only
+when neither its reader nor its file header gives its size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from d3r.config import ConfigError, D3RConfig
+from d3r.scenes.images import ImageReadError, is_image_file, read_image_size
+from d3r.scenes.records import Scene, View
+from d3r.scenes.sampling import sample_scene, split_for_scene
+from d3r.scenes.sources import list_scenes
+
+
+def format_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A plain left-aligned text table (columns padded to their widest cell)."""
+    cells = [[str(c) for c in header], *[[str(c) for c in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in cells]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+def format_scene_list(config: D3RConfig) -> str:
+    """Scenes of the configured source with views, samples (by the configured strategy) and rejects."""
+    scenes_config = config.scenes
+    rows, rejects = [], []
+    totals = [0, 0, 0, 0]
+    for scene in list_scenes(scenes_config):
+        samples = sample_scene(scene, scenes_config)
+        rows.append([scene.id, len(scene), len(samples), len(scene.rejects),
+                     split_for_scene(scene.id, scenes_config.val_fraction)])
+        rejects.extend(scene.rejects)
+        for i, value in enumerate((1, len(scene), len(samples), len(scene.rejects))):
+            totals[i] += value
+    rows.append([f"total ({scenes_config.source}: {totals[0]} scenes)", *totals[1:], ""])
+    text = format_table(["scene", "views", "samples", "rejects", "split"], rows)
+    title = (f"source {scenes_config.source}" + (f" at {scenes_config.root}" if scenes_config.root else "")
+             + f"; samples: {scenes_config.sampling}, {scenes_config.views_per_sample} views,"
+             f" at most {scenes_config.max_samples_per_scene} per scene")
+    parts = [title, "", text]
+    if rejects:
+        parts += ["", "rejects:", *(f"  {item}: {reason}" for item, reason in rejects)]
+    return "\n".join(parts)
+
+
+def view_size(view: View) -> tuple[int, int]:
+    """(W, H) of a view: from its reader's metadata, its file header, or (last resort) by loading it."""
+    if "size" in view.meta:
+        width, height = view.meta["size"]
+        return int(width), int(height)
+    if view.image is not None:
+        return view.size
+    if view.path is not None and is_image_file(view.path):
+        return read_image_size(view.path)
+    return view.load().size
+
+
+def _find_scene(config: D3RConfig, scene_id: str) -> Scene:
+    seen = []
+    for scene in list_scenes(config.scenes):
+        if scene.id == scene_id:
+            return scene
+        seen.append(scene.id)
+    listed = ", ".join(seen[:10]) + (" ..." if len(seen) > 10 else "")
+    raise ConfigError(f"--scene: no scene {scene_id!r} in source {config.scenes.source!r} (scenes: {listed or 'none'})")
+
+
+def _yes(value: bool) -> str:
+    return "yes" if value else "no"
+
+
+def format_scene(config: D3RConfig, scene_id: str) -> str:
+    """One scene's views: name, size (W x H), and whether K, pose and depth are known.
+
+    Raises:
+        ConfigError: when the source has no scene ``scene_id`` (naming the scenes it has).
+    """
+    scene = _find_scene(config, scene_id)
+    rows = []
+    for view in scene.views:
+        try:
+            width, height = view_size(view)
+            size = f"{width}x{height}"
+        except (ImageReadError, OSError, ValueError) as exc:
+            size = f"unreadable ({exc})"
+        depth = view.depth is not None or bool(view.meta.get("has_depth"))
+        rows.append([view.name, size, _yes(view.K is not None), _yes(view.pose is not None), _yes(depth)])
+    parts = [f"scene {scene.id} (source {scene.source}, {len(scene)} views)", "",
+             format_table(["view", "size", "K", "pose", "depth"], rows)]
+    notes = {k: v for k, v in scene.meta.items() if k in ("note", "distortion", "category", "fps")}
+    if notes:
+        parts += ["", *(f"{key}: {value}" for key, value in notes.items())]
+    if scene.rejects:
+        parts += ["", "rejects:", *(f"  {item}: {reason}" for item, reason in scene.rejects)]
+    return "\n".join(parts)
