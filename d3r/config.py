@@ -91,12 +91,16 @@ class CacheConfig(Section):
     num_actors: int = Field(1, ge=1)
     num_gpus: float = Field(0.0, ge=0.0, description="GPUs per teacher actor; 0 on CPU-only hosts")
     chunk_samples: int = Field(16, ge=1, description="samples committed per Lance version")
+    retry_rejected: bool = Field(False, description="recompute samples already in the rejects table")
 
 
 class StudentConfig(Section):
     preset: str = "tiny"
-    encoder_weights: Path | None = None
+    encoder_weights: Path | None = Field(None, description="DUNE .pth or DINOv2 state dict for the encoder")
     activation_checkpointing: bool = False
+    image_ids: Literal["sequential", "random"] = Field(
+        "random", description="view ids in training (view 0 = 0); inference is always sequential"
+    )
 
 
 class TrainConfig(Section):
@@ -116,9 +120,28 @@ class TrainConfig(Section):
 
 
 class EvalConfig(Section):
-    models: list[str] = Field(default_factory=lambda: ["teacher"])
+    """The eval job: which models, on which samples, aligned and scored how (see ``d3r.eval``)."""
+
+    models: list[str] = Field(
+        default_factory=lambda: ["teacher"],
+        description="'teacher', a student checkpoint path, or a registered model 'models:/NAME@ALIAS'",
+    )
     split: Literal["train", "val", "all"] = "val"
+    max_samples: int | None = Field(None, ge=1, description="evaluate at most this many samples")
+    alignment: Literal["umeyama", "median"] = Field(
+        "umeyama", description="umeyama: Sim(3) on pixel correspondences (Fast3R/π³); median: Spann3R/CUT3R"
+    )
+    align_conf_percentile: float = Field(85.0, ge=0.0, le=100.0, description="umeyama weights: conf ≥ percentile")
     icp: bool = False
+    icp_threshold: float = Field(0.1, gt=0, description="ICP max correspondence distance (scene units)")
+    max_points: int | None = Field(200_000, ge=1, description="random valid pixels per sample for the KD-tree metrics")
+    depth_scaling: Literal["sequence", "view", "none"] = "sequence"
+    pose_thresholds: list[int] = Field(default_factory=lambda: [5, 15, 30])
+    consistency_stride: int = Field(4, ge=1, description="pixel stride of the cross-view correspondences")
+    figures: bool = True
+    figure_samples: int = Field(2, ge=0, description="samples per model drawn as view grids and point clouds")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where students run")
+    seed: int = 0
     out_dir: Path = Path("demo_out/eval")
 
 
