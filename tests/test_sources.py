@@ -104,3 +104,19 @@ def test_scene_list_and_show(tmp_path, capsys):
     assert "frame_0" in capsys.readouterr().out
     assert main(["scenes", "list", "--scenes.source", "folders", "--scenes.root", str(tmp_path / "nope")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_synthetic_rooms_sample_covisible_and_load():
+    from d3r.scenes.sampling import load_sample
+
+    config = ScenesConfig(source="synthetic", num_scenes=2, views_per_scene=8, render_size=(32, 24),
+                          views_per_sample=3, sampling="covisible", min_overlap=0.2, max_samples_per_scene=2,
+                          long_side=32, patch_size=8)
+    scenes = list(list_scenes(config))
+    assert [s.source for s in scenes] == ["synthetic", "synthetic"]
+    assert all(v.image is None for s in scenes for v in s.views)
+    samples = sample_scene(scenes[0], config)
+    assert samples, scenes[0].rejects
+    views = load_sample(scenes[0], samples[0], config)
+    assert [v.image.shape for v in views] == [(24, 32, 3)] * 3
+    assert all(v.depth.shape == (24, 32) for v in views)

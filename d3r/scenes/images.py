@@ -56,6 +56,14 @@ def _open(path: Path) -> Image.Image:
         raise ImageReadError(path, f"corrupt image header: {exc}") from None
 
 
+def _orientation(image: Image.Image) -> int:
+    """The EXIF orientation tag (1 = as stored; 1 when the EXIF block is absent or unreadable)."""
+    try:
+        return int(image.getexif().get(_EXIF_ORIENTATION, 1))
+    except (OSError, SyntaxError, ValueError, TypeError):
+        return 1
+
+
 def _to_rgb_uint8(image: Image.Image) -> np.ndarray:
     """``[H, W, 3]`` uint8 from a PIL image of any mode (see the module docstring)."""
     mode = image.mode
@@ -72,7 +80,9 @@ def _to_rgb_uint8(image: Image.Image) -> np.ndarray:
         rgba = image.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(white, rgba)
-    return np.ascontiguousarray(np.asarray(image.convert("RGB"), dtype=np.uint8))
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    return np.ascontiguousarray(np.asarray(image, dtype=np.uint8))
 
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -85,8 +95,9 @@ def read_image(path: str | Path) -> np.ndarray:
     with _open(path) as image:
         try:
             image.load()
-            oriented = ImageOps.exif_transpose(image)
-            return _to_rgb_uint8(oriented)
+            if _orientation(image) != 1:
+                image = ImageOps.exif_transpose(image)
+            return _to_rgb_uint8(image)
         except (OSError, SyntaxError, ValueError) as exc:
             raise ImageReadError(path, f"corrupt or truncated image data: {exc}") from None
 
@@ -100,10 +111,7 @@ def read_image_size(path: str | Path) -> tuple[int, int]:
     path = Path(path)
     with _open(path) as image:
         width, height = image.size
-        try:
-            orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
-        except (OSError, SyntaxError, ValueError):
-            orientation = 1
+        orientation = _orientation(image)
     if orientation in _TRANSPOSED_ORIENTATIONS:
         return height, width
     return width, height
