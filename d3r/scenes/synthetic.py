@@ -13,13 +13,18 @@ Everything is deterministic for ``(index, seed)``; different seeds give differen
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from d3r.config import D3RConfig, ScenesConfig
+from d3r.scenes.colmap import write_colmap_scene
 from d3r.scenes.records import Scene, View
+
+logger = logging.getLogger(__name__)
 
 CAMERA_PATHS = ("orbit", "walkthrough", "lookat")
 WALL_MARGIN = 0.3  # metres between a camera and the walls, floor and ceiling
@@ -621,3 +626,21 @@ def synthetic_scenes(config: ScenesConfig | D3RConfig) -> Iterator[Scene]:
         ]
         path = resolve_camera_path(spec, scenes.camera_path, scenes.seed)
         yield Scene(f"room_{index:04d}", "synthetic", views, meta=_scene_meta(spec, path))
+
+
+def export_scenes(
+    out_dir: str | Path,
+    num_scenes: int,
+    num_views: int,
+    size: tuple[int, int],
+    seed: int,
+    camera_path: str = "mixed",
+) -> list[Path]:
+    """Render rooms 0..num_scenes-1 and write each to ``out_dir/room_NNNN`` in the COLMAP text layout."""
+    out_dir = Path(out_dir)
+    paths = []
+    for index in range(num_scenes):
+        scene = render_scene(index, seed, num_views, size, camera_path)
+        paths.append(write_colmap_scene(scene, out_dir / scene.id))
+        logger.info("wrote %s (%s, %d views)", paths[-1], scene.meta["camera_path"], len(scene))
+    return paths

@@ -1,0 +1,240 @@
+"""COLMAP models: `d3r synth` export read back, binary models, camera models, dense depth, bad input."""
+
+import logging
+import pickle
+import shutil
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from d3r.cli import main
+from d3r.scenes.colmap import (
+    ColmapCamera,
+    camera_intrinsics,
+    find_colmap_scenes,
+    read_colmap_scene,
+    read_points3d_binary,
+    write_colmap_scene,
+)
+from d3r.scenes.synthetic import render_scene
+
+SIZE = (40, 30)
+
+
+@pytest.fixture
+def scene_dir(tmp_path: Path) -> Path:
+    return write_colmap_scene(render_scene(0, 3, 3, SIZE), tmp_path / "room")
+
+
+def quaternion_matrix(qw, qx, qy, qz) -> np.ndarray:
+    """Rotation matrix of a unit quaternion (Hamilton convention, as COLMAP)."""
+    return np.array([
+        [1 - 2 * (qy * qy + qz * qz), 2 * (qx * qy - qw * qz), 2 * (qx * qz + qw * qy)],
+        [2 * (qx * qy + qw * qz), 1 - 2 * (qx * qx + qz * qz), 2 * (qy * qz - qw * qx)],
+        [2 * (qx * qz - qw * qy), 2 * (qy * qz + qw * qx), 1 - 2 * (qx * qx + qy * qy)],
+    ])
+
+
+def data_lines(path: Path) -> list[str]:
+    return [line for line in path.read_text().splitlines() if not line.startswith("#")]
+
+
+def test_synth_export_reads_back_exactly(tmp_path):
+    assert main(["synth", "--out", str(tmp_path), "--scenes", "2", "--views", "3", "--size", "40x30",
+                 "--seed", "1"]) == 0
+    scene_dirs = find_colmap_scenes(tmp_path)
+    assert [p.name for p in scene_dirs] == ["room_0000", "room_0001"]
+    for index, folder in enumerate(scene_dirs):
+        expected = render_scene(index, 1, 3, SIZE)
+        scene = read_colmap_scene(folder)
+        assert scene.source == "colmap" and scene.id == folder.name and not scene.rejects
+        assert [v.name for v in scene.views] == [v.name for v in expected.views]
+        for got, want in zip(scene.views, expected.views, strict=True):
+            assert got.image is None
+            got = pickle.loads(pickle.dumps(got)).load()
+            np.testing.assert_allclose(got.K, want.K, atol=1e-6)
+            np.testing.assert_allclose(got.pose, want.pose, atol=1e-6)
+            np.testing.assert_array_equal(got.image, want.image)
+            np.testing.assert_array_equal(got.depth, want.depth)
+            assert "distortion" not in got.meta
+
+
+def test_written_files_follow_colmap_conventions(scene_dir):
+    """Checked against COLMAP's definitions directly, not through our reader."""
+    scene = render_scene(0, 3, 3, SIZE)
+    (camera_line,) = data_lines(scene_dir / "sparse/0/cameras.txt")
+    _, model, width, height, fx, fy, cx, cy = camera_line.split()
+    assert (model, int(width), int(height)) == ("PINHOLE", *SIZE)
+    assert float(cx) == SIZE[0] / 2 and float(cy) == SIZE[1] / 2  # COLMAP: first pixel centre at 0.5
+    lines = data_lines(scene_dir / "sparse/0/images.txt")
+    assert len(lines) == 2 * len(scene.views) and all(line == "" for line in lines[1::2])
+    point = np.array([1.0, 2.0, 1.5])
+    for line, view in zip(lines[::2], scene.views, strict=True):
+        fields = line.split()
+        R = quaternion_matrix(*map(float, fields[1:5]))
+        t = np.array(list(map(float, fields[5:8])))
+        assert fields[9] == f"{view.name}.png"
+        world_to_camera = np.linalg.inv(view.pose)
+        np.testing.assert_allclose(R @ point + t, world_to_camera[:3, :3] @ point + world_to_camera[:3, 3], atol=1e-9)
+        assert (scene_dir / "images" / fields[9]).is_file()
+        depth = np.load(scene_dir / "depths" / f"{view.name}.npy")
+        assert depth.dtype == np.float32 and depth.shape == (SIZE[1], SIZE[0])
+    assert data_lines(scene_dir / "sparse/0/points3D.txt") == []
+
+
+def write_binary_model(folder: Path, cameras: list, images: list, points: list) -> None:
+    """cameras.bin / images.bin / points3D.bin exactly as COLMAP lays them out (little-endian)."""
+    with open(folder / "cameras.bin", "wb") as f:
+        f.write(struct.pack("<Q", len(cameras)))
+        for camera_id, model_id, width, height, params in cameras:
+            f.write(struct.pack("<iiQQ", camera_id, model_id, width, height))
+            f.write(struct.pack(f"<{len(params)}d", *params))
+    with open(folder / "images.bin", "wb") as f:
+        f.write(struct.pack("<Q", len(images)))
+        for image_id, qvec, tvec, camera_id, name, points2d in images:
+            f.write(struct.pack("<idddddddi", image_id, *qvec, *tvec, camera_id))
+            f.write(name.encode() + b"\x00")
+            f.write(struct.pack("<Q", len(points2d)))
+            for x, y, point_id in points2d:
+                f.write(struct.pack("<ddq", x, y, point_id))
+    with open(folder / "points3D.bin", "wb") as f:
+        f.write(struct.pack("<Q", len(points)))
+        for point_id, xyz, rgb, track in points:
+            f.write(struct.pack("<QdddBBBd", point_id, *xyz, *rgb, 0.5))
+            f.write(struct.pack("<Q", len(track)))
+            for image_id, index in track:
+                f.write(struct.pack("<ii", image_id, index))
+
+
+def test_binary_model_reads_like_text(scene_dir):
+    sparse = scene_dir / "sparse/0"
+    from_text = read_colmap_scene(scene_dir)
+    camera = data_lines(sparse / "cameras.txt")[0].split()
+    image_lines = data_lines(sparse / "images.txt")[::2]
+    images = [(int(f[0]), tuple(map(float, f[1:5])), tuple(map(float, f[5:8])), int(f[8]), f[9],
+               [(1.5, 2.5, 7), (3.0, 4.0, -1)]) for f in (line.split() for line in image_lines)]
+    points = [(7, (1.0, 2.0, 3.0), (10, 20, 30), [(1, 0), (2, 0)]), (9, (4.0, 5.0, 6.0), (1, 2, 3), [])]
+    for path in sparse.glob("*.txt"):
+        path.unlink()
+    write_binary_model(sparse, [(1, 1, int(camera[2]), int(camera[3]), list(map(float, camera[4:])))],
+                       images, points)
+    from_binary = read_colmap_scene(scene_dir)
+    assert from_binary.meta["format"] == "binary" and from_text.meta["format"] == "text"
+    assert [v.name for v in from_binary.views] == [v.name for v in from_text.views]
+    for a, b in zip(from_binary.views, from_text.views, strict=True):
+        np.testing.assert_array_equal(a.K, b.K)
+        np.testing.assert_array_equal(a.pose, b.pose)
+    xyz, rgb = read_points3d_binary(sparse / "points3D.bin")
+    np.testing.assert_array_equal(xyz, [[1, 2, 3], [4, 5, 6]])
+    np.testing.assert_array_equal(rgb, [[10, 20, 30], [1, 2, 3]])
+
+
+@pytest.mark.parametrize(
+    ("model", "params", "focal", "distortion"),
+    [
+        ("SIMPLE_PINHOLE", (100.0, 20.0, 15.0), (100.0, 100.0), None),
+        ("PINHOLE", (100.0, 90.0, 20.0, 15.0), (100.0, 90.0), None),
+        ("SIMPLE_RADIAL", (100.0, 20.0, 15.0, 0.1), (100.0, 100.0), {"k": 0.1}),
+        ("RADIAL", (100.0, 20.0, 15.0, 0.1, -0.02), (100.0, 100.0), {"k1": 0.1, "k2": -0.02}),
+        ("OPENCV", (100.0, 90.0, 20.0, 15.0, 0.1, -0.02, 0.001, 0.002), (100.0, 90.0),
+         {"k1": 0.1, "k2": -0.02, "p1": 0.001, "p2": 0.002}),
+    ],
+)
+def test_camera_models_convert_to_our_K_and_note_distortion(scene_dir, caplog, model, params, focal, distortion):
+    K, noted = camera_intrinsics(ColmapCamera(1, model, *SIZE, params))
+    cx, cy = params[2:4] if model in ("PINHOLE", "OPENCV") else params[1:3]
+    np.testing.assert_array_equal(K, [[focal[0], 0, cx - 0.5], [0, focal[1], cy - 0.5], [0, 0, 1]])
+    assert noted == (None if distortion is None else {"model": model, "params": distortion})
+    cameras = scene_dir / "sparse/0/cameras.txt"
+    cameras.write_text(f"1 {model} {SIZE[0]} {SIZE[1]} {' '.join(map(str, params))}\n")
+    with caplog.at_level(logging.WARNING, logger="d3r.scenes.colmap"):
+        scene = read_colmap_scene(scene_dir)
+    view = scene.views[0]
+    np.testing.assert_array_equal(view.K, K)
+    assert view.meta["camera_model"] == model
+    if distortion is None:
+        assert "distortion" not in view.meta and not caplog.records
+    else:
+        assert view.meta["distortion"]["params"] == distortion
+        assert any(model in r.getMessage() and "distortion" in r.getMessage() for r in caplog.records)
+
+
+def test_missing_image_is_a_reject_and_the_rest_is_read(scene_dir):
+    (scene_dir / "images/view_001.png").unlink()
+    scene = read_colmap_scene(scene_dir)
+    assert [v.name for v in scene.views] == ["view_000", "view_002"]
+    ((item, reason),) = scene.rejects
+    assert item.endswith("view_001.png") and "no such file" in reason
+
+
+def test_depth_of_another_size_is_a_reject_naming_both_sizes(scene_dir):
+    np.save(scene_dir / "depths/view_002.npy", np.ones((10, 12), dtype=np.float32))
+    scene = read_colmap_scene(scene_dir)
+    assert [v.name for v in scene.views] == ["view_000", "view_001"]
+    ((item, reason),) = scene.rejects
+    assert item.endswith("view_002.png")
+    assert "view_002.npy" in reason and "12x10" in reason and f"{SIZE[0]}x{SIZE[1]}" in reason
+
+
+def write_dense_map(path: Path, depth: np.ndarray) -> None:
+    """COLMAP's dense map format: 'W&H&C&' then float32, channel by channel, x fastest."""
+    height, width = depth.shape
+    with open(path, "wb") as f:
+        f.write(f"{width}&{height}&1&".encode())
+        f.write(np.asarray(depth, dtype="<f4").tobytes())
+
+
+def test_dense_depth_maps_are_read(scene_dir):
+    expected = render_scene(0, 3, 3, SIZE).views
+    shutil.rmtree(scene_dir / "depths")
+    dense = scene_dir / "stereo/depth_maps"
+    dense.mkdir(parents=True)
+    write_dense_map(dense / "view_000.png.geometric.bin", expected[0].depth)
+    write_dense_map(dense / "view_001.png.photometric.bin", expected[1].depth)
+    write_dense_map(dense / "view_002.png.geometric.bin", np.ones((SIZE[0], SIZE[1])))  # transposed size
+    scene = read_colmap_scene(scene_dir)
+    assert [v.name for v in scene.views] == ["view_000", "view_001"]
+    assert "view_002.png.geometric.bin" in scene.rejects[0][1]
+    for view, want in zip(scene.views, expected, strict=False):
+        np.testing.assert_array_equal(view.load().depth, want.depth)
+
+
+@pytest.mark.parametrize(
+    ("file", "text", "message"),
+    [
+        ("cameras.txt", "# c\n1 PINHOLE 40 30 100 100 20\n", r"cameras.txt, line 2: model PINHOLE needs 4"),
+        ("cameras.txt", "1 PINHOLE 40 30 100 abc 20 15\n", r"cameras.txt, line 1: parameter 'abc'"),
+        ("cameras.txt", "1 WEIRD 40 30 100\n", r"cameras.txt, line 1: unknown camera model 'WEIRD'"),
+        ("images.txt", "1 1 0 0 0 0 0 0 1\n\n", r"images.txt, line 1: expected IMAGE_ID"),
+        ("images.txt", "1 1 0 0 x 0 0 0 1 a.png\n\n", r"images.txt, line 1: pose value 'x'"),
+        ("images.txt", "1 1 0 0 0 0 0 0 1 a.png\n1.0 2.0\n", r"images.txt, line 2: 2D points"),
+    ],
+)
+def test_malformed_text_names_file_and_line(scene_dir, file, text, message):
+    (scene_dir / "sparse/0" / file).write_text(text)
+    with pytest.raises(ValueError, match=message):
+        read_colmap_scene(scene_dir)
+
+
+def test_truncated_binary_names_file_and_offset(scene_dir):
+    sparse = scene_dir / "sparse/0"
+    for path in sparse.glob("*.txt"):
+        path.unlink()
+    write_binary_model(sparse, [(1, 1, *SIZE, [100.0, 100.0, 20.0, 15.0])], [], [])
+    data = (sparse / "cameras.bin").read_bytes()
+    (sparse / "cameras.bin").write_bytes(data[:-4])
+    with pytest.raises(ValueError, match=r"cameras.bin, byte 32: file ends early"):
+        read_colmap_scene(scene_dir)
+
+
+def test_find_scenes_root_or_folder_of_models(tmp_path, scene_dir):
+    assert find_colmap_scenes(scene_dir) == [scene_dir]
+    other = write_colmap_scene(render_scene(1, 3, 2, (16, 12)), tmp_path / "nested/room_b")
+    (tmp_path / "not_a_scene").mkdir()
+    assert find_colmap_scenes(tmp_path) == [other, scene_dir]
+    with pytest.raises(ValueError, match="not a folder"):
+        find_colmap_scenes(tmp_path / "missing")
+    with pytest.raises(ValueError, match="no COLMAP model"):
+        read_colmap_scene(tmp_path / "not_a_scene")
