@@ -212,3 +212,18 @@ def test_habitat_json_and_exr(tmp_path):
     np.testing.assert_allclose(scene.views[1].K, K)
     np.testing.assert_array_equal(scene.views[1].load().depth, depth)
     assert scene.has_depth and scene.has_poses
+
+
+def test_corrupt_depth_file_is_a_sample_error_naming_it(tmp_path):
+    scene_dir = tmp_path / "hab" / "s"
+    scene_dir.mkdir(parents=True)
+    for i in range(2):
+        _image(scene_dir / f"{i:05d}.jpeg")
+        params = {"camera_intrinsics": np.eye(3).tolist(), "R_cam2world": np.eye(3).tolist(), "t_cam2world": [0, 0, i]}
+        (scene_dir / f"{i:05d}_camera_params.json").write_text(json.dumps(params))
+        (scene_dir / f"{i:05d}_depth.exr").write_bytes(b"not an exr")
+    config = ScenesConfig(source="habitat", root=tmp_path / "hab", views_per_sample=2, long_side=16, patch_size=8)
+    (scene,) = list_scenes(config)
+    (sample,) = sample_scene(scene, config)
+    with pytest.raises(SampleError, match=r"00000_depth\.exr: cannot read depth"):
+        load_sample(scene, sample, config)

@@ -120,3 +120,19 @@ def test_synthetic_rooms_sample_covisible_and_load():
     views = load_sample(scenes[0], samples[0], config)
     assert [v.image.shape for v in views] == [(24, 32, 3)] * 3
     assert all(v.depth.shape == (24, 32) for v in views)
+
+
+def test_colmap_missing_image_propagates_through_list_scenes(tmp_path):
+    from d3r.scenes.colmap import write_colmap_scene
+    from d3r.scenes.synthetic import render_scene
+
+    for name in ("hall", "lab"):
+        write_colmap_scene(render_scene(0, 0, 3, (16, 12)), tmp_path / name)
+    missing = tmp_path / "lab" / "images" / "view_001.png"
+    missing.unlink()
+    scenes = list(list_scenes(ScenesConfig(source="colmap", root=tmp_path)))
+    assert [s.id for s in scenes] == ["hall", "lab"]
+    assert len(scenes[0]) == 3 and not scenes[0].rejects
+    assert [v.name for v in scenes[1].views] == ["view_000", "view_002"]
+    assert scenes[1].rejects[0][0] == str(missing)
+    assert scenes[1].has_poses

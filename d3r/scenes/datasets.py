@@ -142,7 +142,7 @@ def load_dataset_view(view: View, depth_reader: Callable[..., np.ndarray] | None
         return view.with_(image=image)
     try:
         depth = depth_reader(*depth_args)
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:  # OpenEXR raises RuntimeError
         raise DatasetFormatError(depth_args[0], f"cannot read depth: {exc}") from exc
     depth = np.where(np.isfinite(depth) & (depth > 0), depth, 0.0).astype(np.float32)
     return view.with_(image=image, depth=depth)

@@ -10,8 +10,9 @@ Strategies (N = ``views_per_sample``, s = ``stride``, V = number of views, cap =
 - ``random``: N distinct views per sample, sorted, distinct samples; the generator is seeded by
   ``config.seed`` and the scene id, so a rerun picks the same views.
 - ``covisible`` (needs poses and K): reference views spread over the scene; each sample is its
-  reference plus N-1 views whose overlap with it is at least ``min_overlap``, picked evenly over
-  the qualifying views in scene order (wide baselines, not near-duplicates). Overlap is the
+  reference (first, so it defines the global frame) plus N-1 views whose overlap with it is at
+  least ``min_overlap``, picked evenly over the qualifying views in scene order (wide baselines,
+  not near-duplicates). Overlap is the
   fraction of reference points that project inside the other view with positive depth: the
   reference's depth map when it is loaded (and the other view's depth, when loaded, rejects
   occluded points), otherwise points in the reference frustum at depths 0.5-2x the median
