@@ -32,6 +32,7 @@ OBJECT_CLEARANCE = 0.25  # metres between a camera and any object
 WALL_GAP = 0.05  # metres between an object's footprint and the walls
 AMBIENT = 0.3
 DIFFUSE = 0.7
+BAND_PIXELS = 16384  # rays per rendering band
 NUM_ROOM_SURFACES = 6  # x=0, x=max, y=0, y=max, floor, ceiling
 PATTERNS = ("checker", "stripes", "blotches")
 
@@ -259,76 +260,72 @@ def _intersect_cylinder(obj: Primitive, o, d) -> np.ndarray:
 _INTERSECT = {"box": _intersect_box, "sphere": _intersect_sphere, "cylinder": _intersect_cylinder}
 
 
-def _object_normals(obj: Primitive, p: np.ndarray) -> np.ndarray:
-    """Outward unit normals ``[M, 3]`` at points ``p`` ``[M, 3]`` on the object's surface."""
-    local = p - np.asarray(obj.center)
-    half = np.asarray(obj.half_size)
+Components = tuple[np.ndarray, np.ndarray, np.ndarray]  # (x, y, z), each [M]: structure of arrays
+
+
+def _object_normals(obj: Primitive, p: Components) -> Components:
+    """Outward unit normals at points ``p`` on the object's surface."""
+    local = tuple(p[i] - obj.center[i] for i in range(3))
+    half = obj.half_size
     if obj.kind == "sphere":
-        return local / half[0]
-    if obj.kind == "box":
-        lx, ly, _ = _yaw_to_local((local[:, 0], local[:, 1], local[:, 2]), obj.yaw)
-        local_rot = np.stack([lx, ly, local[:, 2]], axis=1)
-        axis = np.argmax(np.abs(local_rot) / half, axis=1)
-        n = np.zeros_like(local)
-        n[np.arange(len(p)), axis] = np.sign(local_rot[np.arange(len(p)), axis])
-        return np.stack(_yaw_to_local((n[:, 0], n[:, 1], n[:, 2]), -obj.yaw), axis=1)
-    radial = np.hypot(local[:, 0], local[:, 1])
-    on_cap = np.abs(np.abs(local[:, 2]) - half[2]) < np.abs(radial - half[0])
-    side = np.stack([local[:, 0] / half[0], local[:, 1] / half[0], np.zeros(len(p))], axis=1)
-    cap = np.zeros_like(local)
-    cap[:, 2] = np.sign(local[:, 2])
-    return np.where(on_cap[:, None], cap, side)
+        return tuple(c / half[0] for c in local)
+    if obj.kind == "cylinder":
+        radial = np.hypot(local[0], local[1])
+        on_cap = np.abs(np.abs(local[2]) - half[2]) < np.abs(radial - half[0])
+        side = 1.0 - on_cap
+        return (local[0] / half[0] * side, local[1] / half[0] * side, np.sign(local[2]) * on_cap)
+    boxed = _yaw_to_local(local, obj.yaw)
+    ratio = [np.abs(boxed[i]) / half[i] for i in range(3)]
+    largest = np.maximum(np.maximum(ratio[0], ratio[1]), ratio[2])
+    normal = tuple(np.sign(boxed[i]) * (ratio[i] == largest) for i in range(3))
+    return _yaw_to_local(normal, -obj.yaw)
 
 
-def _room_normal(surface: int) -> np.ndarray:
-    n = np.zeros(3)
+def _room_normal(surface: int) -> tuple[float, float, float]:
+    n = [0.0, 0.0, 0.0]
     n[surface // 2] = -1.0 if surface % 2 else 1.0
-    return n
+    return (n[0], n[1], n[2])
 
 
 # ---------------------------------------------------------------------------------------------
-# Solid textures and shading
+# Solid textures and shading (float32, structure of arrays: no BLAS, no short-row reductions)
+
+_TWO_PI = np.float32(2 * np.pi)
 
 
-_ONES3 = np.ones(3, dtype=np.float32)
+def _dot(p: Components, w) -> np.ndarray:
+    return p[0] * np.float32(w[0]) + p[1] * np.float32(w[1]) + p[2] * np.float32(w[2])
 
 
-def _f32(values) -> np.ndarray:
-    return np.asarray(values, dtype=np.float32)
-
-
-def _texture(material: Material, p: np.ndarray) -> np.ndarray:
-    """Albedo ``[M, 3]`` float32 in [0, 1] of the solid texture at world points ``p`` ``[M, 3]`` float32.
-
-    Row sums are matrix products with ones (numpy reduces short rows slowly).
-    """
-    q = p * np.float32(1.0 / material.scale) + _f32(material.offset)
+def _texture(material: Material, p: Components) -> np.ndarray:
+    """Albedo ``[3, M]`` float32 (about [0, 1]) of the solid texture at world points ``p`` (float32)."""
+    q = tuple(p[i] * np.float32(1.0 / material.scale) + np.float32(material.offset[i]) for i in range(3))
     if material.pattern == "checker":
-        mix = np.mod(np.floor(q) @ _ONES3, np.float32(2.0))
+        mix = np.mod(np.floor(q[0]) + np.floor(q[1]) + np.floor(q[2]), np.float32(2.0))
+    elif material.pattern == "stripes":
+        mix = 0.5 + 0.5 * np.sin(_TWO_PI * _dot(q, material.waves[0]))
     else:
-        w = q @ _f32(material.waves).T * np.float32(2 * np.pi)
-        if material.pattern == "stripes":
-            mix = 0.5 + 0.5 * np.sin(w[:, 0])
-        else:
-            blobs = np.sin(w[:, 0] + 1.7 * np.sin(w[:, 1])) + np.sin(w[:, 2] + 1.7 * np.sin(w[:, 3]))
-            mix = np.clip(0.5 + 0.6 * blobs, 0.0, 1.0)
-    grain = np.sin(p @ _f32(material.grain).T * np.float32(2 * np.pi)) @ _f32([0.4 / 3] * 3)
-    base = _f32(material.base)
-    albedo = base + (_f32(material.accent) - base) * mix[:, None]
-    return albedo * (1.0 + grain)[:, None]
+        w = [_TWO_PI * _dot(q, wave) for wave in material.waves]
+        blobs = np.sin(w[0] + 1.7 * np.sin(w[1])) + np.sin(w[2] + 1.7 * np.sin(w[3]))
+        mix = np.clip(0.5 + 0.6 * blobs, 0.0, 1.0)
+    grain = 1.0 + np.float32(0.4 / 3) * sum(np.sin(_TWO_PI * _dot(p, wave)) for wave in material.grain)
+    return np.stack([
+        (np.float32(b) + np.float32(a - b) * mix) * grain for b, a in zip(material.base, material.accent, strict=True)
+    ])
 
 
-def _shade(spec: RoomSpec, surface: int, p: np.ndarray) -> np.ndarray:
-    """RGB ``[M, 3]`` float32 (clipped to [0, 1]) of surface ``surface`` at points ``p`` ``[M, 3]`` float64."""
+def _shade(spec: RoomSpec, surface: int, p: Components) -> np.ndarray:
+    """RGB ``[3, M]`` float32 in [0, 1] of surface ``surface`` at points ``p`` (float64 components)."""
     if surface < NUM_ROOM_SURFACES:
-        normals = _room_normal(surface).astype(np.float32)
+        normal = _room_normal(surface)
     else:
-        normals = _object_normals(spec.objects[surface - NUM_ROOM_SURFACES], p).astype(np.float32)
-    p32 = p.astype(np.float32)
-    to_light = _f32(spec.light) - p32
-    lambert = np.maximum((normals * to_light) @ _ONES3, 0.0) / np.sqrt((to_light * to_light) @ _ONES3)
-    albedo = _texture(spec.materials[surface], p32)
-    return np.clip(albedo * (AMBIENT + DIFFUSE * lambert)[:, None], 0.0, 1.0)
+        normal = _object_normals(spec.objects[surface - NUM_ROOM_SURFACES], p)
+    to_light = tuple(np.float32(spec.light[i]) - p[i].astype(np.float32) for i in range(3))
+    facing = sum(np.asarray(normal[i], dtype=np.float32) * to_light[i] for i in range(3))
+    distance = np.sqrt(to_light[0] ** 2 + to_light[1] ** 2 + to_light[2] ** 2)
+    light = AMBIENT + DIFFUSE * np.maximum(facing, 0.0) / distance
+    albedo = _texture(spec.materials[surface], tuple(c.astype(np.float32) for c in p))
+    return np.clip(albedo * light, 0.0, 1.0)
 
 
 Region = tuple[slice, ...]
@@ -352,17 +349,24 @@ def _nearest_hits(spec: RoomSpec, o, d, regions: list[Region | None]) -> tuple[n
     return t, surface
 
 
-def _colours(spec: RoomSpec, points: np.ndarray, surface: np.ndarray) -> np.ndarray:
-    """uint8 RGB ``[N, 3]`` of ``points`` ``[N, 3]`` lying on surfaces ``surface`` ``[N]``."""
-    order = np.argsort(surface, kind="stable")
-    sorted_points, counts = points[order], np.bincount(surface, minlength=len(spec.materials))
-    colour = np.empty(points.shape, dtype=np.float32)
+def _colours(spec: RoomSpec, points: Components, surface: np.ndarray) -> np.ndarray:
+    """uint8 RGB ``[N, 3]`` of ``points`` (components ``[N]``) lying on surfaces ``surface`` ``[N]``.
+
+    Pixels are grouped by surface with one stable radix sort, shaded per group, and put back.
+    """
+    order = np.argsort(surface.astype(np.uint8), kind="stable")
+    counts = np.bincount(surface, minlength=len(spec.materials))
+    grouped = tuple(np.take(c, order) for c in points)
+    colour = np.empty((3, len(order)), dtype=np.float32)
     start = 0
     for sid, count in enumerate(counts):
         if count:
-            colour[order[start:start + count]] = _shade(spec, sid, sorted_points[start:start + count])
+            group = slice(start, start + count)
+            colour[:, group] = _shade(spec, sid, tuple(c[group] for c in grouped))
         start += count
-    return np.round(colour * np.float32(255.0)).astype(np.uint8)
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(len(order))
+    return np.round(np.take(colour, inverse, axis=1) * np.float32(255.0)).astype(np.uint8).T
 
 
 def cast_rays(spec: RoomSpec, origins: np.ndarray, directions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -381,7 +385,7 @@ def cast_rays(spec: RoomSpec, origins: np.ndarray, directions: np.ndarray) -> tu
     o = tuple(np.asarray(origins[..., i]) for i in range(3))
     d = tuple(np.ascontiguousarray(directions[:, i]) for i in range(3))
     t, surface = _nearest_hits(spec, o, d, [FULL] * len(spec.objects))
-    return t, _colours(spec, origins + t[:, None] * directions, surface)
+    return t, _colours(spec, tuple(o[i] + t * d[i] for i in range(3)), surface)
 
 
 def _object_corners(obj: Primitive) -> np.ndarray:
@@ -392,29 +396,44 @@ def _object_corners(obj: Primitive) -> np.ndarray:
     return np.stack([x, y, z], axis=1) + np.asarray(obj.center)
 
 
-def _screen_region(obj: Primitive, K: np.ndarray, pose: np.ndarray, size: tuple[int, int]) -> Region | None:
-    """Pixel window (rows, cols) outside which no ray of this camera can hit ``obj``; None if none can."""
+Window = tuple[int, int, int, int]  # rows v0:v1, columns u0:u1 of an image
+
+
+def _screen_window(obj: Primitive, K: np.ndarray, pose: np.ndarray, size: tuple[int, int]) -> Window | None:
+    """Pixels (v0, v1, u0, u1) outside which no ray of this camera can hit ``obj``; None if none can."""
+    width, height = size
     cam = (_object_corners(obj) - pose[:3, 3]) @ pose[:3, :3]
     if np.all(cam[:, 2] <= 0):
         return None
     if np.any(cam[:, 2] <= 1e-6):
-        return FULL
+        return (0, height, 0, width)
     pix = cam @ np.asarray(K).T
     u, v = pix[:, 0] / pix[:, 2], pix[:, 1] / pix[:, 2]
-    width, height = size
     u0, u1 = max(int(np.floor(u.min())), 0), min(int(np.ceil(u.max())) + 1, width)
     v0, v1 = max(int(np.floor(v.min())), 0), min(int(np.ceil(v.max())) + 1, height)
-    if u0 >= u1 or v0 >= v1:
+    return (v0, v1, u0, u1) if u0 < u1 and v0 < v1 else None
+
+
+def _band_region(window: Window | None, r0: int, r1: int) -> Region | None:
+    """The part of ``window`` inside image rows r0:r1, as slices into that band."""
+    if window is None or window[1] <= r0 or window[0] >= r1:
         return None
-    return (slice(v0, v1), slice(u0, u1))
+    return (slice(max(window[0], r0) - r0, min(window[1], r1) - r0), slice(window[2], window[3]))
+
+
+def _ray_components(K: np.ndarray, pose: np.ndarray, width: int, r0: int, r1: int) -> tuple[np.ndarray, ...]:
+    """(dx, dy, dz), each ``[r1 - r0, W]``: world directions through the pixel centres of rows r0:r1,
+    scaled so that the ray parameter t is the camera z."""
+    pixel_to_world = np.asarray(pose, dtype=np.float64)[:3, :3] @ np.linalg.inv(K)
+    u = np.arange(width, dtype=np.float64)
+    v = np.arange(r0, r1, dtype=np.float64)[:, None]
+    return tuple(m[0] * u + (m[1] * v + m[2]) for m in pixel_to_world)
 
 
 def pixel_rays(K: np.ndarray, pose: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """World directions ``[H, W, 3]`` through every pixel centre, scaled so that t is camera z."""
     width, height = size
-    u, v = np.meshgrid(np.arange(width, dtype=np.float64), np.arange(height, dtype=np.float64))
-    pix = np.stack([u, v, np.ones((height, width))], axis=-1)
-    return pix @ (np.asarray(pose)[:3, :3] @ np.linalg.inv(K)).T
+    return np.stack(_ray_components(K, pose, width, 0, height), axis=-1)
 
 
 def render_view(
@@ -423,18 +442,24 @@ def render_view(
     """Render one camera: image ``[H, W, 3]`` uint8 and depth ``[H, W]`` float32 (camera z, metres).
 
     ``size`` is (W, H); ``pose`` is camera-to-world (OpenCV); ``K`` has pixel centres at integers.
-    Objects are only intersected inside their projected bounding boxes (exact: a conservative cull).
+    Objects are only intersected inside their projected bounding boxes (exact: a conservative cull);
+    rows are processed in bands of about BAND_PIXELS rays so temporaries stay small and cached.
     """
     width, height = size
     pose = np.asarray(pose, dtype=np.float64)
-    directions = pixel_rays(K, pose, size)
     origin = tuple(np.asarray(c) for c in pose[:3, 3])
-    d = tuple(np.ascontiguousarray(directions[..., i]) for i in range(3))
-    regions = [_screen_region(obj, K, pose, size) for obj in spec.objects]
-    t, surface = _nearest_hits(spec, origin, d, regions)
-    points = pose[:3, 3] + t[..., None] * directions
-    colour = _colours(spec, points.reshape(-1, 3), surface.ravel())
-    return colour.reshape(height, width, 3), t.astype(np.float32)
+    windows = [_screen_window(obj, K, pose, size) for obj in spec.objects]
+    image = np.empty((height, width, 3), dtype=np.uint8)
+    depth = np.empty((height, width), dtype=np.float32)
+    band_rows = max(1, BAND_PIXELS // width)
+    for r0 in range(0, height, band_rows):
+        r1 = min(r0 + band_rows, height)
+        d = _ray_components(K, pose, width, r0, r1)
+        t, surface = _nearest_hits(spec, origin, d, [_band_region(w, r0, r1) for w in windows])
+        points = tuple((o + t * di).ravel() for o, di in zip(origin, d, strict=True))
+        image[r0:r1] = _colours(spec, points, surface.ravel()).reshape(r1 - r0, width, 3)
+        depth[r0:r1] = t
+    return image, depth
 
 
 # ---------------------------------------------------------------------------------------------
