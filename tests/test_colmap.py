@@ -16,6 +16,7 @@ from d3r.scenes.colmap import (
     find_colmap_scenes,
     read_colmap_scene,
     read_points3d_binary,
+    read_points3d_text,
     write_colmap_scene,
 )
 from d3r.scenes.synthetic import render_scene
@@ -82,6 +83,11 @@ def test_written_files_follow_colmap_conventions(scene_dir):
         depth = np.load(scene_dir / "depths" / f"{view.name}.npy")
         assert depth.dtype == np.float32 and depth.shape == (SIZE[1], SIZE[0])
     assert data_lines(scene_dir / "sparse/0/points3D.txt") == []
+    with open(scene_dir / "sparse/0/points3D.txt", "a") as f:
+        f.write("3 0.5 -1.25 2 255 128 0 0.7 1 0 2 5\n7 1 2 3 4 5 6 0.1\n")
+    xyz, rgb = read_points3d_text(scene_dir / "sparse/0/points3D.txt")
+    np.testing.assert_array_equal(xyz, [[0.5, -1.25, 2], [1, 2, 3]])
+    np.testing.assert_array_equal(rgb, [[255, 128, 0], [4, 5, 6]])
 
 
 def write_binary_model(folder: Path, cameras: list, images: list, points: list) -> None:

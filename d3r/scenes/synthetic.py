@@ -27,6 +27,7 @@ from d3r.scenes.records import Scene, View
 logger = logging.getLogger(__name__)
 
 CAMERA_PATHS = ("orbit", "walkthrough", "lookat")
+MIN_OBJECTS, MAX_OBJECTS = 3, 15
 WALL_MARGIN = 0.3  # metres between a camera and the walls, floor and ceiling
 OBJECT_CLEARANCE = 0.25  # metres between a camera and any object
 WALL_GAP = 0.05  # metres between an object's footprint and the walls
@@ -155,27 +156,33 @@ def _random_primitive(rng: np.random.Generator, material: Material) -> Primitive
     return Primitive(kind, (0.0, 0.0, half[2]), half, yaw, material)
 
 
+def _placed(rng: np.random.Generator, shape: Primitive, objects: list[Primitive], size: Vec3) -> Primitive | None:
+    """``shape`` moved to a random floor spot clear of the walls and of ``objects`` (50 tries), or None."""
+    radius = shape.footprint_radius
+    for _attempt in range(50):
+        xy = rng.uniform([radius + WALL_GAP] * 2, [size[0] - radius - WALL_GAP, size[1] - radius - WALL_GAP])
+        if all(np.hypot(*(xy - o.center[:2])) > radius + o.footprint_radius + 0.05 for o in objects):
+            center = (float(xy[0]), float(xy[1]), shape.center[2])
+            return Primitive(shape.kind, center, shape.half_size, shape.yaw, shape.material)
+    return None
+
+
 def room_spec(index: int, seed: int) -> RoomSpec:
     """The room number ``index`` of dataset ``seed`` (deterministic).
 
-    Objects are placed by rejection so footprints (bounding circles) neither cross the walls nor
-    overlap each other; at least 3 objects are always placed (the first ones fit in any room).
+    3-15 objects are drawn and placed by rejection so that footprints (bounding circles) neither
+    cross the walls nor overlap each other; a shape that finds no spot is dropped, and shapes are
+    drawn until at least MIN_OBJECTS stand in the room.
     """
     rng = _rng(seed, index, 0)
     size = (float(rng.uniform(4, 8)), float(rng.uniform(3, 6)), float(rng.uniform(2.5, 3.5)))
-    wanted = int(rng.integers(3, 16))
+    wanted = int(rng.integers(MIN_OBJECTS, MAX_OBJECTS + 1))
     objects: list[Primitive] = []
-    for _ in range(wanted):
-        shape = _random_primitive(rng, _random_material(rng))
-        radius = shape.footprint_radius
-        for _attempt in range(50):
-            xy = rng.uniform([radius + WALL_GAP] * 2, [size[0] - radius - WALL_GAP, size[1] - radius - WALL_GAP])
-            if all(np.hypot(*(xy - o.center[:2])) > radius + o.footprint_radius + 0.05 for o in objects):
-                objects.append(
-                    Primitive(shape.kind, (float(xy[0]), float(xy[1]), shape.center[2]), shape.half_size,
-                              shape.yaw, shape.material)
-                )
-                break
+    drawn = 0
+    while drawn < wanted or len(objects) < MIN_OBJECTS:
+        drawn += 1
+        if (obj := _placed(rng, _random_primitive(rng, _random_material(rng)), objects, size)) is not None:
+            objects.append(obj)
     room_materials = tuple(_random_material(rng) for _ in range(NUM_ROOM_SURFACES))
     light = (size[0] * rng.uniform(0.3, 0.7), size[1] * rng.uniform(0.3, 0.7), size[2] - 0.2)
     return RoomSpec(index, seed, size, tuple(objects), room_materials, tuple(float(v) for v in light))
