@@ -215,6 +215,11 @@ def test_image_ids_modes():
     assert torch.equal(student.image_ids(2, 3, torch.device("cpu")), torch.tensor([[0, 1, 2], [0, 1, 2]]))
     with pytest.raises(ValueError, match="max_views"):
         student.image_ids(1, 1001, torch.device("cpu"))
+    batch = images(1, 2, 28, 28)
+    with pytest.raises(ValueError, match="0..999"):
+        student(batch, image_ids=torch.tensor([[0, 1000]]))
+    with pytest.raises(ValueError, match="integer"):
+        student(batch, image_ids=torch.tensor([[0.0, 1.0]]))
 
 
 def test_uint8_and_unit_float_inputs_agree():

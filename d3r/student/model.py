@@ -68,8 +68,12 @@ class Student(nn.Module):
         batch, num_views, _, height, width = images.shape
         if image_ids is None:
             image_ids = self.image_ids(batch, num_views, images.device)
-        elif tuple(image_ids.shape) != (batch, num_views):
-            raise ValueError(f"student: image_ids must be [B, N] = {(batch, num_views)}, got {tuple(image_ids.shape)}")
+        elif tuple(image_ids.shape) != (batch, num_views) or image_ids.is_floating_point():
+            raise ValueError(
+                f"student: image_ids must be integer [B, N] = {(batch, num_views)}, got {tuple(image_ids.shape)}"
+            )
+        elif image_ids.min() < 0 or image_ids.max() >= self.fusion.max_views:
+            raise ValueError(f"student: image_ids must lie in 0..{self.fusion.max_views - 1}")
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=images.is_cuda):
             tokens = self.encoder(images.flatten(0, 1))  # [B*N, P, enc_dim]
             patches = tokens.shape[1]

@@ -18,8 +18,10 @@ Both sides are dicts with the teacher's four maps (``d3r.teachers.base.OUTPUT_KE
 - **confidence term**: ½ Σ_k masked mean over the sample of |C_S,k − C_T,k| (``paper``: raw
   confidence) or |log C_S,k − log C_T,k| (``robust``).
 
-total = α_g·(global + logc_global) + α_l·(local + logc_local) + γ·conf (γ = 0 without confidence
-supervision), averaged over the B samples. A sample whose mask is empty contributes exactly zero.
+total = α_g·(global + logc_global) + α_l·(local + logc_local) + γ·conf (defaults α_g = 2, α_l = 1,
+α = 0.2; γ = 0.001 for ``paper``, 0.1 for ``robust``, 0 without confidence supervision), averaged
+over the B samples; ``components`` holds the five terms of ``COMPONENTS``. A sample whose mask is
+empty contributes exactly zero.
 """
 
 from __future__ import annotations
