@@ -2,10 +2,11 @@
 
 A room is an axis-aligned box (world frame: x, y on the floor, z up; floor at z = 0) holding 3-15
 objects (boxes, possibly yawed; spheres; vertical cylinders) that rest on the floor and stay clear of
-the walls. Rendering is exact ray casting on the CPU (vectorised numpy, float64): one ray per pixel
-centre, analytic intersections, nearest hit. Colour depends only on the hit point and its surface
-(solid procedural textures evaluated at the 3D point, Lambertian shading from a fixed point light plus
-ambient), so a surface looks the same from every view. Depth is z in the camera frame.
+the walls. Rendering is exact ray casting on the CPU (vectorised numpy; geometry in float64, shading
+in float32): one ray per pixel centre, analytic intersections, nearest hit. Colour depends only on
+the hit point and its surface (solid procedural textures evaluated at the 3D point, Lambertian
+shading from a fixed point light plus ambient, no shadows), so a surface looks the same from every
+view. Depth is z in the camera frame.
 
 Everything is deterministic for ``(index, seed)``; different seeds give different rooms.
 """
@@ -327,11 +328,12 @@ def _shade(spec: RoomSpec, surface: int, p: Components) -> np.ndarray:
         normal = _room_normal(surface)
     else:
         normal = _object_normals(spec.objects[surface - NUM_ROOM_SURFACES], p)
-    to_light = tuple(np.float32(spec.light[i]) - p[i].astype(np.float32) for i in range(3))
+    p32 = tuple(c.astype(np.float32) for c in p)
+    to_light = tuple(np.float32(spec.light[i]) - p32[i] for i in range(3))
     facing = sum(np.asarray(normal[i], dtype=np.float32) * to_light[i] for i in range(3))
     distance = np.sqrt(to_light[0] ** 2 + to_light[1] ** 2 + to_light[2] ** 2)
     light = AMBIENT + DIFFUSE * np.maximum(facing, 0.0) / distance
-    albedo = _texture(spec.materials[surface], tuple(c.astype(np.float32) for c in p))
+    albedo = _texture(spec.materials[surface], p32)
     return np.clip(albedo * light, 0.0, 1.0)
 
 
