@@ -87,6 +87,8 @@ def main() -> None:
         f"- rooms 0..{args.scenes - 1} of seed 0, {args.views} views each, camera path `mixed`; RGB + depth per view",
         "- baseline: the same exact ray caster with no screen-space cull (every ray against every object)",
         f"- target: >= {TARGET_VIEWS_PER_S:.0f} views/s at 512x384",
+        "- CPU columns: views per second of process CPU time, i.e. the throughput of one free core; the wall-clock "
+        "columns also count time spent waiting for a core when the machine is shared (see the load average)",
         "",
         "| size (WxH) | views | d3r views/s (wall) | d3r views/s (CPU) | baseline views/s (wall) | "
         "baseline views/s (CPU) | d3r / baseline (CPU) | d3r / target (CPU) |",
