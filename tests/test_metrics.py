@@ -191,7 +191,7 @@ def test_pose_auc_matches_histogram_definition_at_bin_edges():
 def test_pose_metrics_keys_and_bad_input():
     gt = _line_of_cameras(3)
     out = m.pose_metrics(gt, gt, thresholds=(5, 30))
-    assert out["auc@30"] == 1.0 and out["rra@5"] == 1.0 and out["rot_err"] == pytest.approx(0.0)
+    assert out["auc_30"] == 1.0 and out["rra_5"] == 1.0 and out["rot_err"] == pytest.approx(0.0)
     with pytest.raises(ValueError, match="pred_c2w"):
         m.relative_pose_errors(np.eye(4)[None], gt)
 

@@ -59,7 +59,8 @@ def save_view_grid(
     if error is not None:
         panels.append(("error vs GT", np.asarray(error, float)))
     height, width = images.shape[1:3]
-    figure = Figure(figsize=(len(panels) * 2.6, n * 2.6 * height / width + 1.2), layout="constrained")
+    figure = Figure(figsize=(len(panels) * 2.6, n * 2.6 * height / width + 0.9))
+    figure.subplots_adjust(left=0.05, right=0.98, top=0.92, bottom=0.12, wspace=0.05, hspace=0.08)
     ranges = {name: _robust_range(values) for name, values in panels if values is not None}
     if error is not None:
         ranges["error vs GT"] = (0.0, ranges["error vs GT"][1])
@@ -75,7 +76,7 @@ def save_view_grid(
             else:
                 shown = ax.imshow(values[row], cmap=cmaps[name], vmin=ranges[name][0], vmax=ranges[name][1])
                 if row == 0:
-                    figure.colorbar(shown, ax=axes[:, col], shrink=0.6, location="bottom")
+                    figure.colorbar(shown, ax=axes[:, col], shrink=0.8, location="bottom", pad=0.02, aspect=30)
             if row == 0:
                 ax.set_title(name, fontsize=9)
         axes[row, 0].set_ylabel(f"view {row}", fontsize=9)
@@ -161,14 +162,18 @@ def save_point_cloud_views(
 
 
 def save_metric_bars(
-    path: str | Path, table: Mapping[str, Mapping[str, float]], metrics: Sequence[str] | None = None,
+    path: str | Path,
+    table: Mapping[str, Mapping[str, float]],
+    metrics: Sequence[str] | None = None,
     title: str | None = None,
+    directions: Mapping[str, str] | None = None,
 ) -> Path:
     """One small bar chart per metric, one bar per model (e.g. teacher vs student).
 
     Args:
         table: ``{model: {metric: value}}``.
         metrics: which metrics, in order (default: those of the first model).
+        directions: optional marker per metric appended to its title (e.g. ``"↓"`` lower is better).
     """
     if not table:
         raise ValueError("save_metric_bars: the table is empty")
@@ -178,14 +183,15 @@ def save_metric_bars(
         raise ValueError("save_metric_bars: no metrics to draw")
     columns = min(4, len(metrics))
     rows = -(-len(metrics) // columns)
-    figure = Figure(figsize=(3.2 * columns, 2.8 * rows), layout="constrained")
+    figure = Figure(figsize=(3.2 * columns, 2.8 * rows))
+    figure.subplots_adjust(left=0.06, right=0.98, top=0.88 if title else 0.94, bottom=0.1, wspace=0.35, hspace=0.6)
     axes = figure.subplots(rows, columns, squeeze=False).ravel()
     colours = [f"C{i}" for i in range(len(models))]
     for ax, metric in zip(axes, metrics, strict=False):
         values = [float(table[model].get(metric, np.nan)) for model in models]
         ax.bar(range(len(models)), values, color=colours)
         ax.set_xticks(range(len(models)), [_short(m) for m in models], fontsize=7, rotation=15)
-        ax.set_title(metric, fontsize=9)
+        ax.set_title(f"{metric} {(directions or {}).get(metric, '')}".rstrip(), fontsize=9)
         ax.tick_params(axis="y", labelsize=7)
     for ax in axes[len(metrics):]:
         ax.set_visible(False)

@@ -143,7 +143,7 @@ def estimate_normals(points: np.ndarray, k: int = NORMAL_NEIGHBOURS, tree: cKDTr
         _, idx = tree.query(chunk, k=k, workers=-1)
         neighbours = cloud[idx.reshape(len(chunk), k)]
         centred = neighbours - neighbours.mean(axis=1, keepdims=True)
-        covariance = np.einsum("nki,nkj->nij", centred, centred)
+        covariance = np.matmul(centred.transpose(0, 2, 1), centred)
         _, vectors = np.linalg.eigh(covariance)
         normals[start:start + len(chunk)] = vectors[:, :, 0]
     return normals
@@ -380,13 +380,14 @@ def pose_auc(rot_err: np.ndarray, trans_err: np.ndarray, max_threshold: int = 30
 def pose_metrics(
     pred_c2w: np.ndarray, gt_c2w: np.ndarray, thresholds: Sequence[int] = (5, 15, 30)
 ) -> dict[str, float]:
-    """RRA@τ, RTA@τ and AUC@τ for each τ, plus the mean rotation/translation errors (degrees)."""
+    """RRA@τ, RTA@τ and AUC@τ for each τ (keys ``rra_τ``, ``rta_τ``, ``auc_τ``: MLflow-safe names), plus
+    the mean rotation and translation-direction errors ``rot_err``, ``trans_err`` (degrees)."""
     rot_err, trans_err = relative_pose_errors(pred_c2w, gt_c2w)
     out = {"rot_err": float(np.mean(rot_err)), "trans_err": float(np.mean(trans_err))}
     for tau in thresholds:
-        out[f"rra@{tau}"] = rra(rot_err, tau)
-        out[f"rta@{tau}"] = rta(trans_err, tau)
-        out[f"auc@{tau}"] = pose_auc(rot_err, trans_err, tau)
+        out[f"rra_{tau}"] = rra(rot_err, tau)
+        out[f"rta_{tau}"] = rta(trans_err, tau)
+        out[f"auc_{tau}"] = pose_auc(rot_err, trans_err, tau)
     return out
 
 

@@ -1,0 +1,167 @@
+"""The models an evaluation can score, behind one interface: a sample's views in, its maps out.
+
+``eval.models`` entries:
+
+- ``"teacher"``: the configured teacher (:func:`d3r.teachers.base.build_teacher`);
+- a path to a student checkpoint: a torch file holding ``{"preset": str, "state_dict": dict}``,
+  rebuilt with :func:`d3r.student.build_student`;
+- ``"models:/NAME@ALIAS"`` (or ``models:/NAME/VERSION``): a registered MLflow model in the
+  configured tracking/registry store. A ``pytorch`` flavour is loaded as a torch module and called
+  like the student; otherwise the pyfunc is used, with ``predict({"images": uint8 [B, N, 3, H, W]})``
+  returning a dict of the four maps (``d3r.teachers.base.OUTPUT_KEYS``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from d3r.config import D3RConfig
+from d3r.scenes.records import View
+from d3r.teachers.base import OUTPUT_KEYS, Teacher, build_teacher
+
+REGISTRY_PREFIX = "models:/"
+TEACHER = "teacher"
+
+Predict = Callable[[list[View]], dict[str, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class EvaluatedModel:
+    """A model under evaluation.
+
+    Attributes:
+        label: short name used in tables and MLflow metric keys (letters, digits, ``_ - .``).
+        source: the ``eval.models`` entry it came from.
+        is_teacher: the configured teacher (the reference for student-vs-teacher agreement).
+        predict: one sample's loaded views → ``pts3d_global`` ``[N, H, W, 3]``, ``conf_global``
+            ``[N, H, W]``, ``pts3d_local``, ``conf_local`` (float32 numpy).
+    """
+
+    label: str
+    source: str
+    is_teacher: bool
+    predict: Predict
+
+
+def images_tensor(views: list[View]) -> torch.Tensor:
+    """Loaded views → uint8 ``[1, N, 3, H, W]``."""
+    return torch.from_numpy(np.stack([v.image for v in views])).permute(0, 3, 1, 2).unsqueeze(0).contiguous()
+
+
+def _to_numpy(outputs: dict[str, Any], source: str) -> dict[str, np.ndarray]:
+    missing = [key for key in OUTPUT_KEYS if key not in outputs]
+    if missing:
+        raise ValueError(f"{source}: the model's output lacks {missing}; expected {list(OUTPUT_KEYS)}")
+    out = {}
+    for key in OUTPUT_KEYS:
+        value = outputs[key]
+        value = value.detach().float().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+        out[key] = value[0].astype(np.float32)
+    return out
+
+
+def _teacher_predict(teacher: Teacher) -> Predict:
+    def predict(views: list[View]) -> dict[str, np.ndarray]:
+        ground_truth: dict[str, torch.Tensor] = {}
+        if teacher.needs_ground_truth:
+            for name, attr in (("depth", "depth"), ("K", "K"), ("poses", "pose")):
+                if any(getattr(v, attr) is None for v in views):
+                    raise ValueError(f"teacher {teacher.name!r} needs ground-truth {name}, which this sample lacks")
+                ground_truth[name] = torch.from_numpy(np.stack([getattr(v, attr) for v in views])[None])
+        return _to_numpy(teacher.predict(images_tensor(views), **ground_truth), f"teacher {teacher.name!r}")
+
+    return predict
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _module_predict(module: torch.nn.Module, device: torch.device, source: str) -> Predict:
+    module = module.to(device).eval()
+
+    def predict(views: list[View]) -> dict[str, np.ndarray]:
+        with torch.inference_mode():
+            return _to_numpy(module(images_tensor(views).to(device)), source)
+
+    return predict
+
+
+def _pyfunc_predict(pyfunc: Any, source: str) -> Predict:
+    def predict(views: list[View]) -> dict[str, np.ndarray]:
+        return _to_numpy(pyfunc.predict({"images": images_tensor(views).numpy()}), source)
+
+    return predict
+
+
+def _label(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "model"
+
+
+def load_student_checkpoint(path: Path, device: torch.device) -> Predict:
+    """A student from a checkpoint ``{"preset": str, "state_dict": dict}``.
+
+    Raises:
+        FileNotFoundError: when ``path`` does not exist.
+        ValueError: naming the file when it is not such a checkpoint or its weights do not fit the preset.
+    """
+    from d3r.student import build_student
+
+    if not path.is_file():
+        raise FileNotFoundError(f"eval.models: student checkpoint {path} does not exist")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several unrelated types for unreadable files
+        raise ValueError(f"eval.models: {path} is not a readable torch checkpoint ({exc})") from exc
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("preset"), str) or not isinstance(
+        checkpoint.get("state_dict"), dict
+    ):
+        keys = sorted(checkpoint) if isinstance(checkpoint, dict) else type(checkpoint).__name__
+        raise ValueError(f"eval.models: {path} must hold {{'preset': str, 'state_dict': dict}}, got {keys}")
+    student = build_student(checkpoint["preset"])
+    try:
+        student.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as exc:
+        raise ValueError(f"eval.models: {path}: weights do not fit preset {checkpoint['preset']!r}: {exc}") from exc
+    return _module_predict(student, device, str(path))
+
+
+def load_registered_model(uri: str, device: torch.device) -> Predict:
+    """A model from the MLflow registry of the current tracking URI (``models:/NAME@ALIAS``).
+
+    Raises:
+        ValueError: naming the URI when the registry has no such model.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        info = mlflow.models.get_model_info(uri)
+    except (MlflowException, OSError) as exc:
+        raise ValueError(
+            f"eval.models: cannot load {uri!r} from the registry at {mlflow.get_tracking_uri()} ({exc}); "
+            "register a model first, or pass a checkpoint path"
+        ) from exc
+    if "pytorch" in info.flavors:
+        return _module_predict(mlflow.pytorch.load_model(uri, map_location="cpu"), device, uri)
+    return _pyfunc_predict(mlflow.pyfunc.load_model(uri), uri)
+
+
+def load_model(entry: str, config: D3RConfig) -> EvaluatedModel:
+    """The model named by one ``eval.models`` entry (see the module docstring)."""
+    device = _device(config.eval.device)
+    if entry == TEACHER:
+        return EvaluatedModel(TEACHER, entry, True, _teacher_predict(build_teacher(config.teacher)))
+    if entry.startswith(REGISTRY_PREFIX):
+        return EvaluatedModel(_label(entry[len(REGISTRY_PREFIX):]), entry, False, load_registered_model(entry, device))
+    path = Path(entry)
+    return EvaluatedModel(_label(f"student_{path.stem}"), entry, False, load_student_checkpoint(path, device))
