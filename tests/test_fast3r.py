@@ -181,6 +181,16 @@ def test_broken_checkpoint_raises_one_error_listing_keys(tiny, tmp_path):
     assert "1 mis-shaped: ['encoder.enc_norm.weight (7,) != (64,)']" in message
 
 
+def test_unreadable_checkpoint_is_a_checkpoint_error(tmp_path):
+    for name in ("model.safetensors", "last.ckpt"):
+        (tmp_path / name).write_bytes(b"not a checkpoint")
+        with pytest.raises(CheckpointError, match=f"{name} cannot be read as a checkpoint"):
+            load_fast3r(tmp_path / name, preset="tiny")
+    torch.save({"state_dict": {"model.w": torch.zeros(1)}}, tmp_path / "other.ckpt")
+    with pytest.raises(CheckpointError, match="no 'net.'-prefixed keys"):
+        load_fast3r(tmp_path / "other.ckpt", preset="tiny")
+
+
 def test_release_preset_refuses_tiny_weights(tiny, tmp_path):
     path = tmp_path / "tiny.safetensors"
     save_fast3r(tiny, tmp_path)
@@ -284,3 +294,11 @@ def test_teacher_fails_before_work_on_bad_checkpoint(tiny, tmp_path):
     torch.save(state, tmp_path / "truncated.pth")
     with pytest.raises(ConfigError, match="missing"):
         build_teacher(teacher_config(tmp_path / "truncated.pth"))
+
+
+def test_teacher_refuses_random_ids_for_a_sequentially_trained_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    sequential_model = build_fast3r("tiny", random_image_idx_embedding=False)
+    checkpoint = save_fast3r(sequential_model, tmp_path / "seq")
+    with pytest.raises(ConfigError, match="teacher.image_ids='random'"):
+        build_teacher(teacher_config(checkpoint, image_ids="random"))

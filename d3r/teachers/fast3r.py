@@ -33,7 +33,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from d3r.config import ConfigError, TeacherConfig
-from d3r.nn import Block, DPTPointmapHead, PatchEmbed, RoPE2D, image_index_embedding, patch_positions
+from d3r.nn import Attention, Block, DPTPointmapHead, PatchEmbed, RoPE2D, image_index_embedding, patch_positions
 from d3r.teachers.base import OUTPUT_KEYS, register_teacher
 
 logger = logging.getLogger(__name__)
@@ -198,7 +198,7 @@ class Fast3R(nn.Module):
     def set_attention_dtype(self, dtype: torch.dtype | None) -> None:
         """Dtype of every attention core on CUDA (``None``: the input dtype, i.e. no down-cast)."""
         for module in self.modules():
-            if hasattr(module, "core_dtype"):
+            if isinstance(module, Attention):
                 module.core_dtype = dtype
 
     def _check_inputs(self, images: torch.Tensor, image_ids: torch.Tensor | None) -> torch.Tensor:
@@ -293,7 +293,10 @@ def config_from_json(data: Mapping[str, Any], base: Fast3RConfig, source: str = 
     errors = [f"{key}: unknown section" for key in data if key not in _SECTIONS]
     updates: dict[str, Any] = {}
     for section in _SECTIONS:
-        args = data.get(section, {})
+        args = data.get(section) or {}
+        if not isinstance(args, Mapping):
+            errors.append(f"{section}: expected an object, got {type(args).__name__}")
+            continue
         for key, value in args.items():
             where = (section, key)
             if where in _JSON_TO_FIELD:
@@ -315,7 +318,8 @@ def config_from_json(data: Mapping[str, Any], base: Fast3RConfig, source: str = 
         (("decoder_args", "enc_embed_dim"), enc_dim, "encoder_args.embed_dim"),
         (("head_args", "patch_size"), patch, "encoder_args.patch_size"),
     ):
-        value = data.get(section, {}).get(key, expected)
+        args = data.get(section)
+        value = args.get(key, expected) if isinstance(args, Mapping) else expected
         if value != expected:
             errors.append(f"{section}.{key}={value!r}: must equal {name}={expected!r}")
     if errors:
@@ -381,22 +385,22 @@ def _read_torch_checkpoint(path: Path) -> Mapping[str, Any]:
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Network tensors from a ``.safetensors`` file, a Lightning checkpoint (``state_dict`` with ``net.``
     keys) or a DUSt3R-style ``.pth`` (``model``), without the ``scratch.layer_rn.*`` aliases."""
-    if path.suffix == ".safetensors":
-        state = load_file(str(path))
+    try:
+        raw = load_file(str(path)) if path.suffix == ".safetensors" else _read_torch_checkpoint(path)
+    except Exception as error:  # any reader failure: the file is not a checkpoint we can read
+        raise CheckpointError(f"{path} cannot be read as a checkpoint: {error}") from error
+    if not isinstance(raw, Mapping):
+        raise CheckpointError(f"{path}: expected a mapping of tensors, got {type(raw).__name__}")
+    if "state_dict" in raw:
+        state = {k[len("net."):]: v for k, v in raw["state_dict"].items() if k.startswith("net.")}
+        if not state:
+            raise CheckpointError(f"{path}: 'state_dict' has no 'net.'-prefixed keys (not a Fast3R Lightning ckpt)")
+    elif "model" in raw:
+        state = dict(raw["model"])
+    elif all(isinstance(v, torch.Tensor) for v in raw.values()):
+        state = dict(raw)
     else:
-        raw = _read_torch_checkpoint(path)
-        if "state_dict" in raw:
-            state = {k[len("net."):]: v for k, v in raw["state_dict"].items() if k.startswith("net.")}
-            if not state:
-                raise CheckpointError(
-                    f"{path}: 'state_dict' has no 'net.'-prefixed keys (not a Fast3R Lightning checkpoint)"
-                )
-        elif "model" in raw:
-            state = dict(raw["model"])
-        elif all(isinstance(v, torch.Tensor) for v in raw.values()):
-            state = dict(raw)
-        else:
-            raise CheckpointError(f"{path}: expected a state dict, a Lightning 'state_dict' or a 'model' entry")
+        raise CheckpointError(f"{path}: expected a state dict, a Lightning 'state_dict' or a 'model' entry")
     return {k: v.float() if v.is_floating_point() else v for k, v in state.items() if ".scratch.layer_rn." not in k}
 
 
