@@ -43,9 +43,9 @@ def rotation(yaw: float, pitch: float) -> np.ndarray:
 
 
 def teacher_like(seed: int = 0, global_warp: float = 0.0) -> dict[str, np.ndarray]:
-    """Four teacher maps for ``VIEWS`` views: noisy local points of an analytic scene, global = the local
-    points moved by each view's pose and a global scale (plus ``global_warp`` · a smooth non-Sim(3) bend),
-    confidence ``1 + exp(smooth field)``, and a block of pixels with no point (points 0, confidence 1)."""
+    """Four teacher maps for ``VIEWS`` views of an analytic scene: local points with depth and lateral noise;
+    global = the local points moved by each view's pose and a global scale (plus ``global_warp`` · a smooth
+    non-Sim(3) bend); confidence ``1 + exp(smooth field)``; a block of pixels with no point (points 0, confidence 1)."""
     rng = np.random.default_rng(seed)
     K = np.array([[50.0, 0, (WIDTH - 1) / 2], [0, 50.0, (HEIGHT - 1) / 2], [0, 0, 1]])
     poses = np.tile(np.eye(4), (VIEWS, 1, 1))
@@ -57,6 +57,7 @@ def teacher_like(seed: int = 0, global_warp: float = 0.0) -> dict[str, np.ndarra
         depth = plane_and_sphere_depth(K, tilt=0.2 * i - 0.1)
         depth *= 1 + 0.01 * smooth_field(rng, depth.shape) + 0.001 * rng.standard_normal(depth.shape)
         points = depth_to_points(depth, K)
+        points[..., :2] += 0.001 * depth[..., None] * rng.standard_normal(depth.shape + (2,))
         world = transform_points(np.linalg.inv(poses[0]) @ poses[i], points) * 0.7
         bend = global_warp * smooth_field(rng, depth.shape)[..., None] * np.linalg.norm(world, axis=-1, keepdims=True)
         local.append(points)

@@ -14,7 +14,7 @@ A codec is named and versioned; a cache row records both (``codec``, ``codec_ver
   * global points: a per-view Sim(3) of the local points (Fast3R's aligned-local target, fitted on the
     pixels at or above the ``align_percentile``-th global-confidence percentile). With
     ``global_target="global_head"`` the raw global head is kept too, as a quantised residual
-    ``(global − Sim3(local)) / ‖Sim3(local)‖``;
+    ``(global − Sim3(decoded local)) / ‖Sim3(decoded local)‖``;
   * confidence: ``log(C − 1)`` quantised; pixels with ``C == 1`` are exact (a bitmask); the global
     confidence is coded as its difference from the local one when that is smaller;
   * pixels with no point (all three coordinates 0) are exact (a bitmask); points the parametrisation
@@ -273,13 +273,15 @@ class D3rV1Codec(Codec):
     - ``residual_step``: of the global-head residual relative to ``‖Sim3(local)‖``;
     - ``conf_step``: of ``log(C − 1)`` (relative error of ``C − 1`` ≤ ``exp(step / 2) − 1``).
 
+    Equal steps minimise the squared error for the bytes; at 1.6e-3 the three rounding errors together give a
+    median relative point error of about 8e-4 when all three are busy (a real teacher's noisy rays).
     Steps are written into the ``sup_header`` column, so samples encoded with other steps decode too.
     ``zstd_level`` 0 leaves the columns uncompressed (for the store's own compression).
     """
 
-    depth_step: float = 2e-3
-    ray_step: float = 2e-3
-    residual_step: float = 2e-3
+    depth_step: float = 1.6e-3
+    ray_step: float = 1.6e-3
+    residual_step: float = 1.6e-3
     conf_step: float = 0.019
     zstd_level: int = 9
     name: str = "d3r-v1"
@@ -349,12 +351,16 @@ class D3rV1Codec(Codec):
         return pinhole, depth_codes, ray_codes, make_exceptions(local, valid & ~codable)
 
     def _encode_residual(
-        self, glob: np.ndarray, codable: np.ndarray, predicted: np.ndarray
+        self, glob: np.ndarray, codable: np.ndarray, predicted: list[np.ndarray]
     ) -> tuple[np.ndarray, Exceptions]:
-        """Codes ``[3, N, H, W]`` of ``(global − predicted) / ‖predicted‖`` and the global points not codable so."""
-        scale = residual_scale(predicted, self.residual_step).astype(np.float64)
+        """Codes ``[3, N, H, W]`` of ``(global − predicted) / ‖predicted‖`` and the global points not codable so.
+
+        ``predicted`` (three coordinate planes) is the Sim(3) of the *decoded* local points, exactly as the
+        decoder computes it (closed loop): the global error is then only the residual's rounding.
+        """
+        scale = np.sqrt(sum(plane.astype(np.float64) ** 2 for plane in predicted)) * self.residual_step
         with np.errstate(divide="ignore", invalid="ignore"):
-            relative = np.moveaxis(glob - predicted, -1, 0) / scale
+            relative = np.stack([(glob[..., i] - plane) / scale for i, plane in enumerate(predicted)])
             codable = codable & (scale > 0) & (np.abs(relative) < 2**30).all(0)
         codes = np.stack([quantise(relative[i], 1.0, codable) for i in range(3)])
         return codes, make_exceptions(glob, has_point(glob) & ~codable)
@@ -378,14 +384,16 @@ class D3rV1Codec(Codec):
         local_exceptions, global_exceptions = split_exceptions(exception_bytes, counts)
         depth_codes = unpack_plane(column(columns, "sup_local_depth"), (n, h, w), "sup_local_depth")
         ray_codes = unpack_plane(column(columns, "sup_local_rays"), (2, n, h, w), "sup_local_rays")
-        local, glob = decode_geometry(
+        local, global_planes = decode_geometry(
             header, params[:, :4], params[:, 4:], depth_codes, ray_codes, local_valid, local_exceptions
         )
         if header["global_target"] == "global_head":
             codes = unpack_plane(column(columns, "sup_global_residual"), (3, n, h, w), "sup_global_residual")
-            scale = residual_scale(glob, header["residual_step"])
-            for i, plane in enumerate(codes):
-                glob[..., i] += plane * scale
+            scale = np.sqrt(sum(plane * plane for plane in global_planes))
+            scale *= np.float32(header["residual_step"])
+            for plane, plane_codes in zip(global_planes, codes, strict=True):
+                plane += plane_codes.astype(np.float32) * scale
+        glob = np.stack(global_planes, axis=-1)
         if not global_valid.all():
             glob[~global_valid] = 0.0
         set_exceptions(glob, global_exceptions)
@@ -437,10 +445,10 @@ def decode_geometry(
     ray_codes: np.ndarray,
     local_valid: np.ndarray,
     local_exceptions: Exceptions,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Local points ``[N, H, W, 3]`` float32 from their codes, and the same moved by each view's Sim(3) ``[N, 13]``.
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Local points ``[N, H, W, 3]`` float32 from their codes, and the same moved by each view's Sim(3)
+    ``[N, 13]`` as three coordinate planes ``[N, H, W]`` (where the local point is missing: arbitrary).
 
-    Local pixels without a point are 0; the global ones come out as ``t`` (the caller masks them).
     Plain numpy element-wise work on contiguous planes: one thread, no BLAS.
     """
     n, h, w = depth_codes.shape
@@ -469,13 +477,7 @@ def decode_geometry(
     local = np.stack(local_planes, axis=-1)
     if not local_valid.all():
         local[~local_valid] = 0.0
-    return local, np.stack(global_planes, axis=-1)
-
-
-def residual_scale(predicted: np.ndarray, step: float) -> np.ndarray:
-    """``[N, H, W]`` float32 ``‖predicted‖ · step``: the unit of the global-head residual codes."""
-    norm = np.sqrt(np.einsum("...i,...i->...", predicted, predicted))
-    return norm * np.float32(step)
+    return local, global_planes
 
 
 def decode_conf(codes: np.ndarray, one: np.ndarray, step: float) -> np.ndarray:
