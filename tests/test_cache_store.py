@@ -61,10 +61,12 @@ def test_each_append_is_one_version_and_existing_keys_are_dropped(tmp_path: Path
     uri = str(tmp_path / "cache.lance")
     with CacheStore(uri) as store:
         assert store.done_keys() == set()
-        assert store.append(make_rows(["s1", "s2"])) == (2, 1)
+        written, version = store.append(make_rows(["s1", "s2"]))
+        assert (written.num_rows, version) == (2, 1)
         written, version = store.append(make_rows(["s2", "s3", "s3"]))
-        assert (written, version) == (1, 2)
-        assert store.append(make_rows(["s1"])) == (0, None)
+        assert (written["sample_id"].to_pylist(), version) == (["s3"], 2)
+        written, version = store.append(make_rows(["s1"]))
+        assert (written.num_rows, version) == (0, None)
         assert store.done_keys() == {cache_key(s, "fp", "test", 1) for s in ["s1", "s2", "s3"]}
     assert sorted(keys_in(uri)) == sorted(cache_key(s, "fp", "test", 1) for s in ["s1", "s2", "s3"])
     assert [v["version"] for v in lance.dataset(uri).versions()] == [1, 2]
@@ -76,7 +78,7 @@ def test_append_rereads_keys_committed_by_another_writer(tmp_path: Path) -> None
     assert second.keys() == set()
     first.append(make_rows(["s1", "s2"]))
     written, _ = second.append(make_rows(["s2", "s3"]))
-    assert written == 1
+    assert written["sample_id"].to_pylist() == ["s3"]
     assert sorted(keys_in(uri)) == sorted(cache_key(s, "fp", "test", 1) for s in ["s1", "s2", "s3"])
 
 

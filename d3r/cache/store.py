@@ -117,11 +117,11 @@ class KeyedTable:
             logger.info("%s: removed %d orphan data files (%d bytes)", self.uri, stats.data_files_removed,
                         stats.bytes_removed)
 
-    def append(self, table: pa.Table) -> tuple[int, int | None]:
+    def append(self, table: pa.Table) -> tuple[pa.Table, int | None]:
         """Append the rows of ``table`` whose key is new (first occurrence wins) as one version.
 
         Returns:
-            (rows written, the new version or None when nothing was new).
+            (the rows written, the new version or None when nothing was new).
 
         Raises:
             ValueError: when ``table``'s columns differ from the existing table's.
@@ -138,13 +138,13 @@ class KeyedTable:
             if key not in self._keys and key not in first:
                 first[key] = index
         if not first:
-            return 0, None
+            return table.slice(0, 0), None
         fresh = table.take(pa.array(sorted(first.values()), type=pa.int64()))
         mode = "create" if dataset is None else "append"
         written = lance.write_dataset(fresh, self.uri, schema=table.schema, mode=mode)
         self._keys.update(first)
         self._seen_version = written.version
-        return fresh.num_rows, written.version
+        return fresh, written.version
 
 
 @dataclass(frozen=True)
@@ -214,11 +214,11 @@ class CacheStore:
         """Keys of items already in the rejects table."""
         return self.rejects.keys()
 
-    def append(self, rows: pa.Table) -> tuple[int, int | None]:
+    def append(self, rows: pa.Table) -> tuple[pa.Table, int | None]:
         """Commit one chunk of cache rows (one version); rows whose key exists are dropped.
 
         Returns:
-            (rows written, new version or None).
+            (the rows written, the new version or None when none was new).
         """
         return self.cache.append(rows)
 
@@ -227,7 +227,7 @@ class CacheStore:
         if not rejects:
             return 0
         written, _ = self.rejects.append(pa.Table.from_pylist(list(rejects), schema=REJECT_SCHEMA))
-        return written
+        return written.num_rows
 
     def finish(self, metadata: Mapping[str, str]) -> FinishedCache:
         """Record ``metadata`` (e.g. :data:`CONFIG_KEY`, :data:`VERSION_KEY`) in the schema, tag the

@@ -1,0 +1,345 @@
+"""The cache job: run the teacher once over every sample and write compressed supervision to Lance.
+
+``run_cache_job(config)``:
+
+1. checks what can be checked before any work: the codec name, that an existing table was written
+   with the same encoding settings, and the teacher itself (built once here: a wrong checkpoint
+   fails now, and its fingerprint makes the keys);
+2. opens the :class:`~d3r.cache.store.CacheStore` (the lock; orphan files of a killed run removed)
+   and plans: scenes → samples → keys, skipping keys already in the table (and, unless
+   ``cache.retry_rejected``, keys already in the rejects table);
+3. runs Ray Data over the pending samples: :func:`~d3r.cache.stages.load_stage` as CPU tasks, then
+   :class:`~d3r.cache.stages.TeacherStage` in an actor pool (``cache.num_actors`` actors,
+   ``cache.batch_size`` samples per call, ``cache.num_gpus`` per actor when the cluster has GPUs);
+4. the driver iterates the results and commits every ``cache.chunk_samples`` good rows as one Lance
+   version, plus their rejects; a killed job loses at most the uncommitted chunk, and a rerun
+   computes only what is missing;
+5. finally records the config and d3r version in the table's metadata, tags the version
+   (``cache-v<version>`` and ``latest``) and returns a :class:`CacheSummary`.
+
+Ray: ``ray.address`` when set, else ``ray.init()`` (which honours ``RAY_ADDRESS``, joins a cluster
+running on this machine, or starts a local one). A Ray already initialised by the caller is used
+as is and left running.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray
+import yaml
+
+import d3r
+from d3r.cache.codec import get_codec
+from d3r.cache.rows import cache_key, cache_schema
+from d3r.cache.stages import OK, WORK_SCHEMA, TeacherStage, load_stage, pack_sample
+from d3r.cache.store import CONFIG_KEY, VERSION_KEY, CacheStore, open_dataset, rejects_uri, table_metadata
+from d3r.config import ConfigError, D3RConfig, RayConfig, TeacherConfig, config_to_yaml
+from d3r.scenes.sampling import sample_scene
+from d3r.scenes.sources import list_scenes
+from d3r.teachers.base import Teacher, build_teacher, fingerprint_id
+
+logger = logging.getLogger(__name__)
+
+TeacherFactory = Callable[[TeacherConfig], Teacher]
+ENCODING_FIELDS = ("codec", "global_target", "align_percentile")
+PROGRESS_EVERY_S = 10.0
+# Half a CPU per load task: loading is light next to the teacher, and resources that differ from the
+# actors' keep Ray Data from fusing the load into the teacher actors (which would serialise the two).
+LOAD_TASK_CPUS = 0.5
+
+
+@dataclass
+class CacheSummary:
+    """What a cache job did. ``format()`` gives the printed summary."""
+
+    uri: str
+    samples: int = 0
+    written: int = 0
+    skipped_done: int = 0
+    skipped_rejected: int = 0
+    rejected: Counter = field(default_factory=Counter)
+    views_written: int = 0
+    sup_bytes: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    version: int | None = None
+    tag: str | None = None
+
+    @property
+    def rejected_total(self) -> int:
+        return sum(self.rejected.values())
+
+    @property
+    def bytes_per_view(self) -> float:
+        """Encoded supervision (all ``sup_*`` columns) per written view, in bytes."""
+        return sum(self.sup_bytes.values()) / self.views_written if self.views_written else 0.0
+
+    @property
+    def samples_per_s(self) -> float:
+        """Samples processed (written or rejected) per second of the job."""
+        processed = self.written + sum(count for (stage, _), count in self.rejected.items() if stage != "list")
+        return processed / self.seconds if self.seconds > 0 else 0.0
+
+    def format(self) -> str:
+        lines = [
+            f"cache {self.uri}: version {self.version} (tag {self.tag})",
+            f"  samples planned   {self.samples}",
+            f"  written           {self.written} ({self.views_written} views)",
+            f"  skipped           {self.skipped_done} already cached, {self.skipped_rejected} rejected before",
+            f"  rejected          {self.rejected_total} (details in {rejects_uri(self.uri)})",
+        ]
+        lines += [f"    {stage}: {kind}  {count}" for (stage, kind), count in sorted(self.rejected.items())]
+        lines.append(f"  supervision       {self.bytes_per_view / 1e3:.1f} kB per view")
+        if self.views_written:
+            lines += [f"    {name}  {size / self.views_written / 1e3:.1f} kB/view"
+                      for name, size in sorted(self.sup_bytes.items())]
+        lines.append(f"  rate              {self.samples_per_s:.2f} samples/s over {self.seconds:.1f} s")
+        return "\n".join(lines)
+
+
+@dataclass
+class Plan:
+    """The pending work: Ray items ``{"key", "payload"}`` plus what was skipped or rejected while listing."""
+
+    items: list[dict[str, Any]] = field(default_factory=list)
+    samples: int = 0
+    skipped_done: int = 0
+    skipped_rejected: int = 0
+    rejects: list[dict[str, Any]] = field(default_factory=list)
+
+
+def check_table_encoding(config: D3RConfig) -> None:
+    """An existing table must have been written with this run's codec settings.
+
+    Raises:
+        ConfigError: naming the ``cache.*`` field that differs.
+    """
+    if open_dataset(config.cache.uri) is None:
+        return
+    recorded_yaml = table_metadata(config.cache.uri).get(CONFIG_KEY)
+    if recorded_yaml is None:
+        return
+    recorded = (yaml.safe_load(recorded_yaml) or {}).get("cache", {})
+    ours = config.cache.model_dump(mode="json")
+    for name in ENCODING_FIELDS:
+        if name in recorded and recorded[name] != ours[name]:
+            raise ConfigError(
+                f"cache.{name}: the table {config.cache.uri} was written with {recorded[name]!r}, this run asks for "
+                f"{ours[name]!r}; use another cache.uri"
+            )
+
+
+def plan_samples(config: D3RConfig, fingerprint: str, done: set[str], rejected: set[str]) -> Plan:
+    """List scenes and samples; keep those whose key is neither done nor (unless retrying) rejected."""
+    codec = get_codec(config.cache.codec)
+    plan = Plan()
+    seen: set[str] = set()
+    for scene in list_scenes(config.scenes):
+        for sample in sample_scene(scene, config.scenes):
+            key = cache_key(sample.id, fingerprint, codec.name, codec.version)
+            if key in seen:
+                continue
+            seen.add(key)
+            plan.samples += 1
+            if key in done:
+                plan.skipped_done += 1
+            elif key in rejected and not config.cache.retry_rejected:
+                plan.skipped_rejected += 1
+            else:
+                plan.items.append({"key": key, "payload": pack_sample(scene, sample)})
+        for item, reason in scene.rejects:
+            plan.rejects.append({"key": f"{scene.id}|{item}|list", "sample_id": None, "scene_id": scene.id,
+                                 "item": item, "stage": "list", "reason": reason})
+    return plan
+
+
+@contextmanager
+def ray_session(config: RayConfig) -> Iterator[None]:
+    """Ray for the job: the caller's when already initialised, else ``ray.init`` (shut down after)."""
+    if ray.is_initialized():
+        yield
+        return
+    kwargs: dict[str, Any] = {}
+    if config.address:
+        kwargs["address"] = config.address
+    if config.num_cpus:
+        kwargs["num_cpus"] = config.num_cpus
+    ray.init(**kwargs)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def teacher_gpus(requested: float) -> float:
+    """GPUs per teacher actor: ``requested`` when the cluster has GPUs, else 0 (with a warning)."""
+    if requested <= 0:
+        return 0.0
+    if ray.cluster_resources().get("GPU", 0) <= 0:
+        logger.warning("cache.num_gpus=%s but the Ray cluster has no GPU: the teacher runs on CPU", requested)
+        return 0.0
+    return requested
+
+
+def actor_cpus(num_actors: int) -> float:
+    """CPUs per teacher actor: 1, or less on small clusters so the load tasks keep a share (no deadlock)."""
+    total = ray.cluster_resources().get("CPU", 1.0)
+    return min(1.0, total / (num_actors + 1))
+
+
+def _fingerprint_on_gpu(teacher: TeacherConfig, factory: TeacherFactory) -> dict[str, Any]:
+    return dict(factory(teacher).fingerprint)
+
+
+def teacher_fingerprint(config: D3RConfig, factory: TeacherFactory, num_gpus: float,
+                        local: dict[str, Any]) -> dict[str, Any]:
+    """The fingerprint the actors will have: built where they run when that is a GPU (dtype/device
+    differ from the driver's), else the driver's ``local`` one."""
+    if num_gpus <= 0:
+        return local
+    probe = ray.remote(num_gpus=num_gpus)(_fingerprint_on_gpu)
+    return ray.get(probe.remote(config.teacher, factory))
+
+
+def _reject_record(row: dict[str, Any]) -> dict[str, Any]:
+    return {"key": row["key"], "sample_id": row["sample_id"], "scene_id": row["scene_id"],
+            "item": ",".join(row["view_names"] or []), "stage": row["stage"], "reason": row["reason"]}
+
+
+def _cache_table(rows: list[dict[str, Any]]) -> pa.Table:
+    """Work rows → cache rows (codec columns expanded, work-only columns dropped)."""
+    cache_rows = []
+    for row in rows:
+        out = {name: row[name] for name in cache_schema([]).names}
+        out.update(zip(row["sup_names"], row["sup_values"], strict=True))
+        cache_rows.append(out)
+    return pa.Table.from_pylist(cache_rows, schema=cache_schema(rows[0]["sup_names"]))
+
+
+class ChunkWriter:
+    """Collects result rows and commits every ``chunk_samples`` good ones (plus rejects) to the store."""
+
+    def __init__(self, store: CacheStore, summary: CacheSummary, chunk_samples: int, pending: int):
+        self.store, self.summary = store, summary
+        self.chunk_samples, self.pending = chunk_samples, pending
+        self.good: list[dict[str, Any]] = []
+        self.rejects: list[dict[str, Any]] = []
+        self.started = time.monotonic()
+        self.rejected = 0
+        self.last_log = 0.0
+        self.logged_done = 0
+
+    def add(self, batch: pa.Table) -> None:
+        for row in batch.to_pylist():
+            if row["status"] == OK:
+                self.good.append(row)
+            else:
+                self.summary.rejected[(row["stage"], row["kind"])] += 1
+                self.rejected += 1
+                self.rejects.append(_reject_record(row))
+                logger.info("rejected sample %s (%s): %s", row["sample_id"], row["stage"], row["reason"])
+        while len(self.good) >= self.chunk_samples:
+            self.commit()
+        if len(self.rejects) >= self.chunk_samples:
+            self.commit()
+
+    def commit(self) -> None:
+        """Commit up to ``chunk_samples`` good rows as one version, and every reject collected."""
+        chunk, self.good = self.good[: self.chunk_samples], self.good[self.chunk_samples:]
+        if chunk:
+            written, version = self.store.append(_cache_table(chunk))
+            self.summary.written += written.num_rows
+            self.summary.views_written += int(pc.sum(written["N"]).as_py() or 0)
+            for name in written.column_names:
+                if name.startswith("sup_"):
+                    size = int(pc.sum(pc.binary_length(written[name])).as_py() or 0)
+                    self.summary.sup_bytes[name] = self.summary.sup_bytes.get(name, 0) + size
+            if version is not None:
+                self.summary.version = version
+        self.store.append_rejects(self.rejects)
+        self.rejects = []
+        self._log_progress()
+
+    def _log_progress(self) -> None:
+        now = time.monotonic()
+        done = self.summary.written + self.rejected
+        finished = done >= self.pending
+        if done == self.logged_done or (now - self.last_log < PROGRESS_EVERY_S and not finished):
+            return
+        self.last_log, self.logged_done = now, done
+        rate = done / max(now - self.started, 1e-9)
+        logger.info("cache: %d/%d samples done (%d rejected), %.2f samples/s, version %s",
+                    done, self.pending, self.rejected, rate, self.summary.version)
+
+
+def run_pending(config: D3RConfig, items: list[dict[str, Any]], writer: ChunkWriter, fingerprint: str,
+                factory: TeacherFactory, num_gpus: float) -> None:
+    """Ray Data over ``items``: load (CPU tasks) → teacher + codec (actor pool) → chunked commits."""
+    cache = config.cache
+    dataset = ray.data.from_items(items)
+    dataset = dataset.map_batches(
+        load_stage, batch_format="pyarrow", batch_size=1, num_cpus=LOAD_TASK_CPUS,
+        fn_kwargs={"scenes": config.scenes, "image_format": cache.image_format},
+    )
+    dataset = dataset.map_batches(
+        TeacherStage, batch_format="pyarrow", batch_size=cache.batch_size,
+        compute=ray.data.ActorPoolStrategy(size=cache.num_actors),
+        num_cpus=actor_cpus(cache.num_actors), num_gpus=num_gpus,
+        fn_constructor_kwargs={"teacher": config.teacher, "cache": cache, "expected_fingerprint": fingerprint,
+                               "factory": factory},
+    )
+    for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
+        writer.add(batch.select(WORK_SCHEMA.names))
+    writer.commit()  # the last, partial chunk
+
+
+def run_cache_job(config: D3RConfig, *, teacher_factory: TeacherFactory = build_teacher) -> CacheSummary:
+    """Run the cache job described by ``config`` (see the module docstring) and summarise it.
+
+    ``teacher_factory`` builds the teacher from ``config.teacher`` (default: the registry); it runs
+    once in the driver and once per actor, so it must be picklable.
+
+    Raises:
+        ConfigError: before any work, for a bad codec, source, encoding mismatch or teacher/checkpoint.
+        CacheLockedError: when another job is writing the same table.
+    """
+    started = time.monotonic()
+    try:
+        get_codec(config.cache.codec)
+    except ValueError as exc:
+        raise ConfigError(f"cache.codec: {exc}") from None
+    check_table_encoding(config)
+    list_scenes(config.scenes)  # checks scenes.source / scenes.root now
+    local_fingerprint = dict(teacher_factory(config.teacher).fingerprint)
+    summary = CacheSummary(uri=config.cache.uri)
+    with CacheStore(config.cache.uri) as store, ExitStack() as ray_scope:
+        num_gpus = config.cache.num_gpus
+        if num_gpus > 0:  # the fingerprint must come from where the actors will run
+            ray_scope.enter_context(ray_session(config.ray))
+            num_gpus = teacher_gpus(num_gpus)
+        fingerprint = fingerprint_id(teacher_fingerprint(config, teacher_factory, num_gpus, local_fingerprint))
+        plan = plan_samples(config, fingerprint, store.done_keys(), store.rejected_keys())
+        summary.samples, summary.skipped_done, summary.skipped_rejected = (
+            plan.samples, plan.skipped_done, plan.skipped_rejected)
+        new_list_rejects = store.append_rejects(plan.rejects)
+        if new_list_rejects:
+            summary.rejected[("list", "unusable scene")] += new_list_rejects
+        logger.info("cache %s: %d samples, %d to compute, %d already cached, %d rejected before",
+                    config.cache.uri, plan.samples, len(plan.items), plan.skipped_done, plan.skipped_rejected)
+        if plan.items:
+            ray_scope.enter_context(ray_session(config.ray))
+            writer = ChunkWriter(store, summary, config.cache.chunk_samples, len(plan.items))
+            run_pending(config, plan.items, writer, fingerprint, teacher_factory, num_gpus)
+        finished = store.finish({CONFIG_KEY: config_to_yaml(config), VERSION_KEY: d3r.__version__})
+    summary.version, summary.tag = finished.version, finished.tag
+    summary.seconds = time.monotonic() - started
+    return summary
+
