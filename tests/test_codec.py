@@ -194,6 +194,16 @@ def test_coarser_steps_give_fewer_bytes_and_larger_errors():
     assert errors[1] > errors[0]
 
 
+def test_columns_left_uncompressed_for_the_store_decode_the_same():
+    outputs = teacher_like(global_warp=0.02)
+    plain = D3rV1Codec(zstd_level=0).encode(outputs, global_target="global_head")
+    packed = get_codec("d3r-v1").encode(outputs, global_target="global_head")
+    assert sum(map(len, plain.values())) > 2 * sum(map(len, packed.values()))
+    expected = get_codec("d3r-v1").decode(packed, VIEWS, HEIGHT, WIDTH)
+    for key, value in get_codec("d3r-v1").decode(plain, VIEWS, HEIGHT, WIDTH).items():
+        np.testing.assert_array_equal(value, expected[key])
+
+
 @pytest.mark.parametrize("key", ["pts3d_local", "conf_global", "pts3d_global"])
 @pytest.mark.parametrize("name", ["fp16", "d3r-v1"])
 def test_non_finite_input_is_rejected(name, key):

@@ -65,7 +65,12 @@ class Codec(ABC):
         global_target: GlobalTarget = "aligned_local",
         align_percentile: float = 85.0,
     ) -> dict[str, bytes]:
-        """The sample's ``sup_*`` columns."""
+        """The sample's ``sup_*`` columns.
+
+        Raises:
+            ValueError: bad maps (see :func:`validate_outputs`), an unknown ``global_target``, or a view whose
+                local-to-global Sim(3) cannot be fitted (fewer than 3 distinct usable points).
+        """
 
     @abstractmethod
     def decode(self, columns: dict[str, bytes], n: int, h: int, w: int) -> dict[str, np.ndarray]:
