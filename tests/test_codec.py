@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import lance
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from d3r.cache.codec import CODECS, D3rV1Codec, decode_row, get_codec
@@ -249,6 +251,28 @@ def test_decode_row_matches_decode(name):
     for key in decoded:
         np.testing.assert_array_equal(decoded[key], expected[key])
     assert decoded["pts3d_local"].shape == (VIEWS, HEIGHT, WIDTH, 3)
+
+
+def test_decode_row_reads_a_lance_table_row(tmp_path):
+    outputs = teacher_like(global_warp=0.02)
+    row = lance_like_row("d3r-v1", outputs, global_target="global_head")
+    columns = {key: pa.array([value], pa.large_binary()) for key, value in row.items() if key.startswith("sup_")}
+    table = pa.table(
+        {
+            "codec": [row["codec"]],
+            "codec_version": pa.array([int(row["codec_version"])], pa.int32()),
+            "N": [VIEWS],
+            "H": [HEIGHT],
+            "W": [WIDTH],
+            **columns,
+        }
+    )
+    lance.write_dataset(table, str(tmp_path / "cache.lance"))
+    (read,) = lance.dataset(str(tmp_path / "cache.lance")).to_table().to_pylist()
+    decoded = decode_row(read)
+    expected = decode_row(row)
+    for key in expected:
+        np.testing.assert_array_equal(decoded[key], expected[key])
 
 
 def test_decode_row_rejects_unknown_codec_or_version():
