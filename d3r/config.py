@@ -134,7 +134,9 @@ class EvalConfig(Section):
     align_conf_percentile: float = Field(85.0, ge=0.0, le=100.0, description="umeyama weights: conf ≥ percentile")
     icp: bool = False
     icp_threshold: float = Field(0.1, gt=0, description="ICP max correspondence distance (scene units)")
-    max_points: int | None = Field(200_000, ge=1, description="random valid pixels per sample for the KD-tree metrics")
+    max_points: int | None = Field(
+        100_000, ge=1, description="KD-tree metrics: random query points per direction (trees keep all; None: all)"
+    )
     depth_scaling: Literal["sequence", "view", "none"] = "sequence"
     pose_thresholds: list[int] = Field(default_factory=lambda: [5, 15, 30])
     consistency_stride: int = Field(4, ge=1, description="pixel stride of the cross-view correspondences")

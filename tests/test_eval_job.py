@@ -185,15 +185,32 @@ def job_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval_job")
     torch.manual_seed(0)
     torch.save({"preset": "tiny", "state_dict": build_student("tiny").state_dict()}, root / "tiny.pt")
-    config = _job_config(root, ["teacher", str(root / "tiny.pt")])
+    config = _job_config(root, ["teacher", str(root / "tiny.pt"), "models:/d3r-student@champion"])
+    _register_student(config, build_student("tiny"))
     return root, config, run_eval(config)
+
+
+def _register_student(config, student) -> None:
+    """A registered model as the registry will hold one: pytorch flavour, alias ``champion``."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from d3r.eval.job import artifact_location
+
+    mlflow.set_tracking_uri(config.mlflow.tracking_uri)
+    experiment = mlflow.create_experiment("registry", artifact_location=artifact_location(config.mlflow.tracking_uri))
+    with mlflow.start_run(experiment_id=experiment):
+        info = mlflow.pytorch.log_model(student, name="student", registered_model_name="d3r-student",
+                                        serialization_format="pickle", pip_requirements=["torch"])
+    MlflowClient().set_registered_model_alias("d3r-student", "champion", info.registered_model_version)
 
 
 def test_job_scores_teacher_and_student_against_gt_and_each_other(job_run):
     _, _, report = job_run
     assert not report.rejects
     combos = {row.keys for row in report.means()}
-    assert combos == {("teacher", "gt"), ("student_tiny", "gt"), ("student_tiny", "teacher")}
+    students = ("student_tiny", "d3r-student_champion")
+    assert combos == {("teacher", "gt")} | {(s, ref) for s in students for ref in ("gt", "teacher")}
     means = {row.keys: row.metrics for row in report.means()}
     # the oracle is ground truth up to its corruptions; a random student is far off
     assert means[("teacher", "gt")]["auc_30"] > 0.9
@@ -207,11 +224,11 @@ def test_job_writes_tables_and_figures(job_run):
     out = root / "eval"
     header = (out / "means.csv").read_text().splitlines()[0].split(",")
     assert header[:3] == ["model", "reference", "scenes"] and {"acc", "nc", "auc_30", "consistency"} <= set(header)
-    assert len((out / "per_sample.csv").read_text().splitlines()) == 1 + 3 * 2
+    assert len((out / "per_sample.csv").read_text().splitlines()) == 1 + 5 * 2  # 5 (model, reference) x 2 samples
     assert "| student_tiny | teacher |" in (out / "report.md").read_text()
     pngs = sorted(p.name for p in report.files if p.suffix == ".png")
     assert "metrics_vs_gt.png" in pngs and "metrics_vs_teacher.png" in pngs
-    assert sum(name.endswith("_views.png") for name in pngs) == 2  # figure_samples=1 per model
+    assert sum(name.endswith("_views.png") for name in pngs) == 3  # figure_samples=1 per model
     for path in report.files:
         if path.suffix == ".png":
             _assert_png(path, min_bytes=2_000)

@@ -322,3 +322,21 @@ def test_alignment_rejects_bad_input():
         alignment.umeyama_alignment(np.zeros((1, 2, 2, 3)), np.zeros((1, 2, 3, 3)), valid)
     with pytest.raises(ValueError, match="unknown"):
         alignment.align_to_ground_truth(np.ones((1, 2, 2, 3)), np.ones((1, 2, 2, 3)), valid, np.eye(4), method="x")
+
+
+def test_normals_at_selected_points_match_the_full_estimate():
+    cloud = _room_points(12)
+    at = np.array([5, 17, 300])
+    np.testing.assert_allclose(np.abs(m.estimate_normals(cloud, at=at)), np.abs(m.estimate_normals(cloud)[at]))
+
+
+def test_sampled_queries_estimate_the_full_metrics():
+    rng = np.random.default_rng(3)
+    gt = _room_points(40)
+    pred = gt + rng.normal(scale=0.01, size=gt.shape)
+    full = m.reconstruction_metrics(pred, gt)
+    sampled = m.reconstruction_metrics(pred, gt, max_queries=1500, seed=1)
+    assert sampled.accuracy.mean == pytest.approx(full.accuracy.mean, rel=0.05)
+    assert sampled.completion.mean == pytest.approx(full.completion.mean, rel=0.05)
+    assert sampled.normals.nc == pytest.approx(full.normals.nc, abs=0.01)
+    assert m.reconstruction_metrics(pred, gt, max_queries=10**9) == full

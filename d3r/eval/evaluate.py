@@ -72,33 +72,38 @@ class Reference:
 
     @classmethod
     def from_prediction(cls, pts_global: np.ndarray, conf: np.ndarray) -> Reference:
-        """A model's prediction as a reference (for agreement): its global points are the world,
-        its cameras are recovered from them (:func:`d3r.geometry.estimate_poses`, principal point at
-        the image centre) and its depth is each view's points seen from its recovered camera."""
+        """A model's prediction as a reference (for agreement): its global points ``[N, H, W, 3]`` are
+        the world, its cameras are recovered from them (:func:`d3r.geometry.estimate_poses`, principal
+        point at the image centre) and its depth is each view's points seen from its recovered camera.
+        Pixels with confidence ``conf [N, H, W]`` at 1 (the floor of ``1 + exp(x)``: "no prediction",
+        as the oracle marks pixels without ground truth) or non-finite points have no reference."""
         pts_global = np.asarray(pts_global, dtype=np.float64)
+        conf = np.asarray(conf, dtype=np.float64)
         c2w, focal = estimate_poses(pts_global, conf)
         n, h, w = pts_global.shape[:3]
         K = np.tile(np.array([[focal, 0.0, (w - 1) / 2], [0.0, focal, (h - 1) / 2], [0.0, 0.0, 1.0]]), (n, 1, 1))
         depth = transform_points(np.linalg.inv(c2w), pts_global)[..., 2]
-        finite = np.isfinite(pts_global).all(-1)
-        return cls(np.where(finite & (depth > 0), depth, 0.0), K, c2w, np.where(finite[..., None], pts_global, 0.0))
+        usable = np.isfinite(pts_global).all(-1) & (conf > 1.0) & (depth > 0)
+        return cls(np.where(usable, depth, 0.0), K, c2w, np.where(usable[..., None], pts_global, 0.0))
 
 
 @dataclass(frozen=True)
 class EvalSettings:
-    """How predictions are aligned and scored (from :class:`d3r.config.EvalConfig`)."""
+    """How predictions are aligned and scored; built from :class:`d3r.config.EvalConfig` (its defaults
+    are the defaults: ``EvalSettings.from_config(EvalConfig())``)."""
 
-    alignment: AlignmentMethod = "umeyama"
-    align_conf_percentile: float = 85.0
-    icp_threshold: float | None = None
-    max_points: int | None = 200_000
-    depth_scaling: DepthScaling = "sequence"
-    pose_thresholds: tuple[int, ...] = (5, 15, 30)
-    consistency_stride: int = 4
-    seed: int = 0
+    alignment: AlignmentMethod
+    align_conf_percentile: float
+    icp_threshold: float | None
+    max_points: int | None
+    depth_scaling: DepthScaling
+    pose_thresholds: tuple[int, ...]
+    consistency_stride: int
+    seed: int
 
     @classmethod
-    def from_config(cls, config: EvalConfig) -> EvalSettings:
+    def from_config(cls, config: EvalConfig | None = None) -> EvalSettings:
+        config = EvalConfig() if config is None else config
         return cls(
             alignment=config.alignment,
             align_conf_percentile=config.align_conf_percentile,
@@ -128,12 +133,6 @@ class SampleResult:
     error: np.ndarray
 
 
-def _subsample(points: np.ndarray, limit: int | None, rng: np.random.Generator) -> np.ndarray:
-    if limit is None or len(points) <= limit:
-        return points
-    return points[rng.choice(len(points), limit, replace=False)]
-
-
 def _recover_cameras(pts: np.ndarray, conf: np.ndarray) -> tuple[np.ndarray, float]:
     """Poses and focal by PnP; a pointmap they cannot be recovered from (e.g. nothing in front of the
     camera) scores as identity poses and a NaN focal, so a broken model ranks last instead of vanishing."""
@@ -152,7 +151,7 @@ def _scaled_depth(pred: np.ndarray, reference: Reference, scaling: DepthScaling)
 
 
 def evaluate_prediction(
-    outputs: dict[str, np.ndarray], reference: Reference, settings: EvalSettings = EvalSettings()
+    outputs: dict[str, np.ndarray], reference: Reference, settings: EvalSettings | None = None
 ) -> SampleResult:
     """Score one sample's prediction against a reference.
 
@@ -162,7 +161,8 @@ def evaluate_prediction(
     2. The global pointmap is aligned to the reference points (``settings.alignment`` on pixel
        correspondences, then optional ICP) and scored with accuracy, completion, normal
        consistency and chamfer (``acc``, ``acc_med``, ``comp``, ``comp_med``, ``chamfer``, ``nc1``,
-       ``nc2``, ``nc``, ``nc_med``) on up to ``max_points`` random valid pixels.
+       ``nc2``, ``nc``, ``nc_med``) over all valid pixels, averaged over up to ``max_points`` random
+       query points per direction (:func:`d3r.eval.metrics.reconstruction_metrics`).
     3. The local head's depth, median-scaled per sequence (or per view), gives ``abs_rel``, ``rmse``,
        ``delta1..3`` and ``inlier_ratio`` (τ, 1.03).
     4. ``consistency``: :func:`d3r.eval.metrics.view_consistency` of the unaligned global pointmap.
@@ -171,10 +171,12 @@ def evaluate_prediction(
         outputs: ``pts3d_global`` ``[N, H, W, 3]``, ``conf_global`` ``[N, H, W]``, ``pts3d_local``
             ``[N, H, W, 3]`` of one sample (numpy).
         reference: the ground truth (or a teacher) of the same pixels.
+        settings: alignment and scoring options (default: ``EvalConfig``'s defaults).
 
     Raises:
         ValueError: on mismatched shapes, non-finite predictions or a reference without valid pixels.
     """
+    settings = EvalSettings.from_config() if settings is None else settings
     pts = np.asarray(outputs["pts3d_global"], dtype=np.float64)
     conf = np.asarray(outputs["conf_global"], dtype=np.float64)
     local = np.asarray(outputs["pts3d_local"], dtype=np.float64)
@@ -197,10 +199,8 @@ def evaluate_prediction(
         settings.align_conf_percentile, settings.icp_threshold,
     )
     aligned = apply_sim3(pts, *sim)
-    rng = np.random.default_rng(settings.seed)
-    keep = _subsample(np.flatnonzero(valid), settings.max_points, rng)
     scores.update(metrics.reconstruction_metrics(
-        aligned.reshape(-1, 3)[keep], reference.points.reshape(-1, 3)[keep]
+        aligned[valid], reference.points[valid], max_queries=settings.max_points, seed=settings.seed
     ).as_dict())
 
     depth = _scaled_depth(local[..., 2], reference, settings.depth_scaling)
