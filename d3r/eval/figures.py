@@ -59,8 +59,10 @@ def save_view_grid(
     if error is not None:
         panels.append(("error vs GT", np.asarray(error, float)))
     height, width = images.shape[1:3]
-    figure = Figure(figsize=(len(panels) * 2.6, n * 2.6 * height / width + 0.9))
-    figure.subplots_adjust(left=0.05, right=0.98, top=0.92, bottom=0.12, wspace=0.05, hspace=0.08)
+    figure_height = n * 2.6 * height / width + 1.15
+    figure = Figure(figsize=(len(panels) * 2.6, figure_height))
+    figure.subplots_adjust(left=0.05, right=0.98, top=1 - 0.6 / figure_height, bottom=0.55 / figure_height,
+                           wspace=0.05, hspace=0.08)
     ranges = {name: _robust_range(values) for name, values in panels if values is not None}
     if error is not None:
         ranges["error vs GT"] = (0.0, ranges["error vs GT"][1])
@@ -75,8 +77,10 @@ def save_view_grid(
                 ax.imshow(images[row])
             else:
                 shown = ax.imshow(values[row], cmap=cmaps[name], vmin=ranges[name][0], vmax=ranges[name][1])
-                if row == 0:
-                    figure.colorbar(shown, ax=axes[:, col], shrink=0.8, location="bottom", pad=0.02, aspect=30)
+                if row == n - 1:  # one shared colour bar under each map column, outside the grid's space
+                    bar = ax.inset_axes((0.0, -0.16, 1.0, 0.06))
+                    figure.colorbar(shown, cax=bar, orientation="horizontal")
+                    bar.tick_params(labelsize=7)
             if row == 0:
                 ax.set_title(name, fontsize=9)
         axes[row, 0].set_ylabel(f"view {row}", fontsize=9)
