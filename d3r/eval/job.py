@@ -72,7 +72,9 @@ class _Evaluation:
         self.report = EvalReport()
         self.figures_left = {model.label: config.eval.figure_samples if config.eval.figures else 0 for model in models}
 
-    def _score(self, label: str, reference_name: str, sample: Sample, outputs, reference: Reference) -> SampleResult:
+    def _score(
+        self, label: str, reference_name: str, sample: Sample, outputs: dict[str, np.ndarray], reference: Reference
+    ) -> SampleResult:
         result = evaluate_prediction(outputs, reference, self.settings)
         self.report.rows.append(EvalRow(label, reference_name, sample.scene_id, sample.id, result.metrics))
         return result
