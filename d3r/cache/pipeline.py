@@ -189,10 +189,16 @@ def teacher_gpus(requested: float) -> float:
     return requested
 
 
-def actor_cpus(num_actors: int) -> float:
-    """CPUs per teacher actor: 1, or less on small clusters so the load tasks keep a share (no deadlock)."""
-    total = ray.cluster_resources().get("CPU", 1.0)
-    return min(1.0, total / (num_actors + 1))
+def actor_cpus(num_actors: int, num_gpus: float) -> float:
+    """CPUs per teacher actor, leaving room for at least one load task (no deadlock on small clusters).
+
+    GPU actors take 1 CPU. CPU actors share the rest of the cluster in whole CPUs, because Ray sets an
+    actor's ``OMP_NUM_THREADS`` (so torch's thread count) from its CPUs: one CPU would mean one thread.
+    """
+    share = (ray.cluster_resources().get("CPU", 1.0) - LOAD_TASK_CPUS) / num_actors
+    if num_gpus > 0 or share < 1:
+        return min(1.0, share)
+    return float(int(share))
 
 
 def _fingerprint_on_gpu(teacher: TeacherConfig, factory: TeacherFactory) -> dict[str, Any]:
@@ -292,7 +298,7 @@ def run_pending(config: D3RConfig, items: list[dict[str, Any]], writer: ChunkWri
     dataset = dataset.map_batches(
         TeacherStage, batch_format="pyarrow", batch_size=cache.batch_size,
         compute=ray.data.ActorPoolStrategy(size=cache.num_actors),
-        num_cpus=actor_cpus(cache.num_actors), num_gpus=num_gpus,
+        num_cpus=actor_cpus(cache.num_actors, num_gpus), num_gpus=num_gpus,
         fn_constructor_kwargs={"teacher": config.teacher, "cache": cache, "expected_fingerprint": fingerprint,
                                "factory": factory},
     )
