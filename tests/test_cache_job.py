@@ -207,8 +207,8 @@ def orphan_free(uri: str) -> bool:
 
 
 def test_a_killed_job_resumes_exactly_once_and_a_concurrent_job_is_refused(tmp_path: Path) -> None:
-    overrides = ["--scenes.views_per_scene", "8", "--scenes.max_samples_per_scene", "4",
-                 "--cache.chunk_samples", "1", "--cache.batch_size", "1"]  # 8 samples, one version each
+    overrides = ["--scenes.views_per_scene", "16", "--scenes.max_samples_per_scene", "8",
+                 "--cache.chunk_samples", "1", "--cache.batch_size", "1"]  # 16 samples, one version each
     config = make_config(tmp_path, *overrides)
     command = [sys.executable, str(REPO / "jobs" / "cache.py"), *TINY_SCENES, "--cache.uri", config.cache.uri,
                *overrides, "--ray.num_cpus", "2"]
@@ -229,13 +229,13 @@ def test_a_killed_job_resumes_exactly_once_and_a_concurrent_job_is_refused(tmp_p
         with contextlib.suppress(ProcessLookupError):
             os.killpg(job.pid, signal.SIGKILL)  # Ray processes the job started
     committed = lance.dataset(config.cache.uri).count_rows()
-    assert 0 < committed < 8, "the kill did not land mid-run"
+    assert 0 < committed < 16, "the kill did not land mid-run"
 
     summary = run_cache_job(config)
     assert summary.skipped_done == committed
-    assert summary.written == 8 - committed
+    assert summary.written == 16 - committed
     keys = [r["key"] for r in table_rows(config.cache.uri)]
-    assert len(keys) == len(set(keys)) == 8
+    assert len(keys) == len(set(keys)) == 16
     assert orphan_free(config.cache.uri)
 
 
