@@ -112,10 +112,16 @@ def test_too_few_views_rejected_once():
 
 
 def test_sample_id_is_content_hash_and_split_deterministic():
-    a = sample_id("folders", "s", ("a", "b"), 224, 16)
-    assert a == sample_id("folders", "s", ["a", "b"], 224, 16)
-    assert len({a, sample_id("folders", "s", ("a", "c"), 224, 16), sample_id("folders", "s", ("a", "b"), 512, 16),
-                sample_id("video", "s", ("a", "b"), 224, 16), sample_id("folders", "s", ("a", "b"), 224, 14)}) == 5
+    a = sample_id("folders", "/r", "s", ("a", "b"), 224, 16)
+    assert a == sample_id("folders", "/r", "s", ["a", "b"], 224, 16)
+    others = {
+        sample_id("folders", "/r", "s", ("a", "c"), 224, 16),
+        sample_id("folders", "/r", "s", ("a", "b"), 512, 16),
+        sample_id("video", "/r", "s", ("a", "b"), 224, 16),
+        sample_id("folders", "/r", "s", ("a", "b"), 224, 14),
+        sample_id("folders", "/other", "s", ("a", "b"), 224, 16),
+    }
+    assert len(others | {a}) == 6
     splits = [split_for_scene(f"scene_{i}", 0.25) for i in range(400)]
     assert splits == [split_for_scene(f"scene_{i}", 0.25) for i in range(400)]
     assert 60 < splits.count("val") < 140

@@ -136,3 +136,22 @@ def test_colmap_missing_image_propagates_through_list_scenes(tmp_path):
     assert [v.name for v in scenes[1].views] == ["view_000", "view_002"]
     assert scenes[1].rejects[0][0] == str(missing)
     assert scenes[1].has_poses
+
+
+def _sample_ids(config: ScenesConfig) -> set[str]:
+    return {s.id for scene in list_scenes(config) for s in sample_scene(scene, config)}
+
+
+def test_sample_ids_depend_on_where_the_content_comes_from(tmp_path):
+    """Same scene ids and view names from another root or another generator seed are other samples."""
+    for root in (tmp_path / "a", tmp_path / "b"):
+        for i in range(4):
+            _image(root / "scene" / f"frame_{i}.png", value=i)
+    ids_a = _sample_ids(_folder_config(tmp_path / "a").scenes)
+    ids_b = _sample_ids(_folder_config(tmp_path / "b").scenes)
+    assert ids_a and ids_b and not ids_a & ids_b
+    synthetic = {"source": "synthetic", "num_scenes": 1, "views_per_scene": 4, "views_per_sample": 2}
+    seed0 = _sample_ids(ScenesConfig(**synthetic, seed=0))
+    assert seed0 == _sample_ids(ScenesConfig(**synthetic, seed=0))
+    assert not seed0 & _sample_ids(ScenesConfig(**synthetic, seed=1))
+    assert not seed0 & _sample_ids(ScenesConfig(**synthetic, seed=0, render_size=(64, 48)))

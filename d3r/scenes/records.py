@@ -71,6 +71,8 @@ class Scene:
         views: ordered views (temporal order where the source has one).
         meta: free-form facts about the scene (dataset split, category, notes).
         rejects: per-item problems met while listing (``[(item, reason), ...]``); listing goes on.
+        origin: what makes the content what it is beyond ``id`` (a resolved root path, or a
+            generator's parameters); part of every sample id, so two roots never share ids.
     """
 
     id: str
@@ -78,6 +80,7 @@ class Scene:
     views: list[View]
     meta: dict[str, Any] = field(default_factory=dict)
     rejects: list[tuple[str, str]] = field(default_factory=list)
+    origin: str = ""
 
     def __len__(self) -> int:
         return len(self.views)

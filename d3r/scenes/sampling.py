@@ -87,10 +87,10 @@ def split_for_scene(scene_id: str, val_fraction: float) -> Split:
     return "val" if _unit_hash(f"split:{scene_id}") < val_fraction else "train"
 
 
-def sample_id(source: str, scene_id: str, view_names: tuple[str, ...] | list[str], long_side: int,
+def sample_id(source: str, origin: str, scene_id: str, view_names: tuple[str, ...] | list[str], long_side: int,
               patch_size: int) -> str:
-    """A 20-hex-digit content hash: same source, scene, views and preprocessing → same id."""
-    payload = json.dumps([source, scene_id, list(view_names), int(long_side), int(patch_size)])
+    """A 20-hex-digit content hash: same source, origin, scene, views and preprocessing → same id."""
+    payload = json.dumps([source, origin, scene_id, list(view_names), int(long_side), int(patch_size)])
     return hashlib.sha256(payload.encode()).hexdigest()[:20]
 
 
@@ -238,7 +238,7 @@ def sample_scene(scene: Scene, config: ScenesConfig) -> list[Sample]:
     for indices in index_sets:
         names = tuple(scene.views[i].name for i in indices)
         samples.append(Sample(
-            id=sample_id(scene.source, scene.id, names, config.long_side, config.patch_size),
+            id=sample_id(scene.source, scene.origin, scene.id, names, config.long_side, config.patch_size),
             source=scene.source, scene_id=scene.id, view_indices=tuple(indices), view_names=names, split=split,
         ))
     return samples

@@ -7,6 +7,8 @@ scene rejects and the listing goes on.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -83,6 +85,20 @@ def check_source(config: ScenesConfig) -> None:
         raise ConfigError(f"scenes.root: {root} is not a folder (scenes.source={config.source!r} needs one)")
 
 
+def source_origin(config: ScenesConfig) -> str:
+    """What, besides scene ids and view names, decides a source's content (see ``Scene.origin``)."""
+    if config.source == "synthetic":
+        fields = ("seed", "render_size", "camera_path", "views_per_scene")
+    elif config.source == "video":
+        fields = ("root", "video_stride", "video_fps")
+    else:
+        fields = ("root",)
+    values = {name: getattr(config, name) for name in fields}
+    if "root" in values:
+        values["root"] = str(Path(values["root"]).resolve())
+    return json.dumps(values, sort_keys=True, default=list)
+
+
 def list_scenes(config: ScenesConfig) -> Iterator[Scene]:
     """Lazy scenes of ``config.source`` under ``config.root`` (views carry loaders, not pixels).
 
@@ -92,4 +108,5 @@ def list_scenes(config: ScenesConfig) -> Iterator[Scene]:
     check_source(config)
     if config.root is not None:
         config = config.model_copy(update={"root": Path(config.root)})
-    return SOURCES[config.source](config)
+    origin = source_origin(config)
+    return (dataclasses.replace(scene, origin=origin) for scene in SOURCES[config.source](config))
