@@ -99,7 +99,7 @@ class CacheSummary:
         lines += [f"    {stage}: {kind}  {count}" for (stage, kind), count in sorted(self.rejected.items())]
         lines.append(f"  supervision       {self.bytes_per_view / 1e3:.1f} kB per view")
         if self.views_written:
-            lines += [f"    {name}  {size / self.views_written / 1e3:.1f} kB/view"
+            lines += [f"    {name:<22}{size / self.views_written / 1e3:6.1f} kB/view"
                       for name, size in sorted(self.sup_bytes.items())]
         lines.append(f"  rate              {self.samples_per_s:.2f} samples/s over {self.seconds:.1f} s")
         return "\n".join(lines)
