@@ -29,7 +29,6 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUME
 import argparse  # noqa: E402
 import datetime as dt  # noqa: E402
 import io  # noqa: E402
-import platform  # noqa: E402
 import shutil  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -44,6 +43,7 @@ from scipy import ndimage  # noqa: E402
 
 from d3r.cache.codec import Codec, D3rV1Codec, aligned_global, get_codec, validate_outputs  # noqa: E402
 from d3r.config import D3RConfig, load_config  # noqa: E402
+from d3r.machine import describe_machine  # noqa: E402
 from d3r.scenes.sampling import load_sample, sample_scene  # noqa: E402
 from d3r.scenes.sources import list_scenes  # noqa: E402
 from d3r.scenes.synthetic import render_scene  # noqa: E402
@@ -63,24 +63,6 @@ class CodecCase:
     codec: Codec
     global_target: str = "aligned_local"
     perturb: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None  # applied to the oracle first
-
-
-def machine() -> str:
-    import torch
-
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
-    return (
-        f"{cpu}, {os.cpu_count()} cores (1 thread used), Python {platform.python_version()}, "
-        f"numpy {np.__version__}, pylance {lance.__version__}, torch {torch.__version__}, "
-        f"load average {os.getloadavg()[0]:.2f} at start (shared machine: CPU-time rates are the fair ones)"
-    )
 
 
 def oracle_samples(scenes: int, views: int) -> list[dict[str, np.ndarray]]:
@@ -265,7 +247,7 @@ def codec_section(args: argparse.Namespace) -> str:
             "## Codec rate–distortion",
             "",
             f"- date: {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}",
-            f"- machine: {machine()}",
+            f"- machine: {describe_machine(threads=1, extra='pylance ' + lance.__version__)}",
             f"- data: oracle teacher (default corruptions: noise, blobs, edge bleeding, scale-shifted views) on "
             f"synthetic rooms 0..{args.scenes - 1} of seed 0, {args.views} views each, {SIZE[1]}x{SIZE[0]} (HxW): "
             f"{views} views",
@@ -412,7 +394,7 @@ def pipeline_section(args: argparse.Namespace) -> str:
         "## Pipeline efficiency",
         "",
         f"- date: {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}",
-        f"- machine: {machine()}",
+        f"- machine: {describe_machine(threads=1, extra='pylance ' + lance.__version__)}",
         "- job: `run_cache_job` end to end (driver teacher build and fingerprint, listing, Ray Data load tasks, "
         "one teacher actor with batch 1, codec d3r-v1, Lance commits of 4 samples, tag) on a local Ray started "
         "once beforehand; Fast3R with random weights saved as safetensors + config.json; synthetic rooms, "

@@ -15,37 +15,23 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
-import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from d3r.config import EvalConfig
 from d3r.eval import metrics
 from d3r.eval.alignment import align_to_ground_truth, icp_refine
 from d3r.eval.evaluate import EvalSettings, Reference, evaluate_prediction
 from d3r.geometry import apply_sim3, estimate_poses
+from d3r.machine import describe_machine
 from d3r.scenes.synthetic import render_scene
 from d3r.teachers.oracle import OracleParams, oracle_outputs
 
 RESULTS = Path(__file__).parent / "results" / "eval.md"
-
-
-def _machine() -> str:
-    cpu = "unknown CPU"
-    with open("/proc/cpuinfo") as handle:
-        for line in handle:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    load = os.getloadavg()[0]
-    return (f"{cpu}, {os.cpu_count()} cores (load average {load:.1f} at start), Python {platform.python_version()}, "
-            f"torch {torch.__version__}, numpy {np.__version__}")
 
 
 def _timed(rows: list[tuple[str, str, float]], step: str, size: str, fn: Callable[[], Any]) -> Any:
@@ -64,7 +50,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     width, height = (int(v) for v in args.size.split("x"))
-    machine = _machine()
+    machine = describe_machine()
 
     start = time.perf_counter()
     scene = render_scene(0, 0, args.views, (width, height), "lookat")

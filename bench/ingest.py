@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import platform
 import tempfile
 import time
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from d3r.machine import describe_machine
 from d3r.scenes.folders import load_image_view
 from d3r.scenes.preprocess import preprocess_views, target_size
 from d3r.scenes.records import View
@@ -122,15 +122,6 @@ def time_ray(paths: list[str], repeats: int, num_cpus: int) -> float:
         ray.shutdown()
 
 
-def machine() -> str:
-    import torch
-
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}, "
-            f"Pillow {Image.__version__}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=64)
@@ -158,7 +149,7 @@ def main() -> None:
         "# Ingest: JPEG decode + preprocess to a 518 px long side",
         "",
         f"- date: {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}",
-        f"- machine: {machine()}",
+        f"- machine: {describe_machine(extra='Pillow ' + Image.__version__)}",
         f"- input: {args.images} generated photo-like JPEGs, {PHOTO_SIZE[0]}x{PHOTO_SIZE[1]}, quality 90;"
         f" output {out_shape[1]}x{out_shape[0]} (long side {LONG_SIDE}, patch {PATCH_SIZE});"
         f" best of {args.repeats} passes",

@@ -23,15 +23,15 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import datetime
 import multiprocessing
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import torch
+
+from d3r.machine import describe_machine
 
 RESULTS = Path(__file__).resolve().parent / "results" / "student.md"
 STUDENTS = ("tiny", "d3r-s", "distill3r-s")
@@ -45,18 +45,6 @@ OFFICIAL = {
     "Distill3R, 378x518": {12: (0.13, 4.05), 32: (0.41, 9.97), 64: (1.02, 21.80), 96: (1.78, 28.69),
                            128: (2.69, 31.90)},
 }
-
-
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                 if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-    return (f"CPU {cpu}, {os.cpu_count()} cores; GPU {gpu}; "
-            f"torch {torch.__version__}; {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC")
 
 
 def build_model(name: str, device: str) -> tuple[torch.nn.Module, int]:
@@ -216,7 +204,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--fast3r-max-views", type=int, default=16)
     args = parser.parse_args()
-    lines = ["# Student forward speed and memory vs the release Fast3R", "", f"Machine: {machine()}", "",
+    machine = describe_machine(threads=1)
+    lines = ["# Student forward speed and memory vs the release Fast3R", "", f"Machine: {machine}", "",
              "Parameters (M): " + parameter_summary(), "",
              *cpu_section(args.views, args.size, args.repeats, args.fast3r_max_views), ""]
     if args.gpu:

@@ -22,13 +22,13 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUME
 
 import argparse  # noqa: E402
 import datetime as dt  # noqa: E402
-import platform  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from d3r.machine import describe_machine  # noqa: E402
 from d3r.scenes.synthetic import camera_poses, cast_rays, pixel_rays, render_view, room_spec  # noqa: E402
 
 SIZES = [(224, 224), (512, 384)]
@@ -51,23 +51,13 @@ def time_views(render: Callable, cameras: list, size: tuple[int, int]) -> tuple[
     return len(cameras) / wall, len(cameras) / cpu
 
 
-def machine() -> str:
-    import torch
-
-    torch.set_num_threads(1)
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return (f"{cpu}, {os.cpu_count()} cores (1 used), Python {platform.python_version()}, numpy {np.__version__}, "
-            f"torch {torch.__version__}, load average {os.getloadavg()[0]:.2f} at start")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenes", type=int, default=4)
     parser.add_argument("--views", type=int, default=6)
     args = parser.parse_args()
     rows = []
-    machine_line = machine()
+    machine_line = describe_machine(threads=1)
     for size in SIZES:
         cameras = []
         for index in range(args.scenes):

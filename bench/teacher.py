@@ -12,9 +12,6 @@ Prints a markdown report and writes it to ``bench/results/teacher.md``.
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
-import platform
 import statistics
 import time
 from contextlib import nullcontext
@@ -22,25 +19,13 @@ from pathlib import Path
 
 import torch
 
+from d3r.machine import describe_machine
 from d3r.teachers.fast3r import build_fast3r
 
 RESULTS = Path(__file__).resolve().parent / "results" / "teacher.md"
 GPU_VIEWS = (12, 32, 64, 96, 128)
 # distill3r-official.md section 6: Fast3R row of the README "Inference Efficiency" table (s, GB).
 OFFICIAL_FAST3R = {12: (0.32, 6.86), 32: (1.14, 12.11), 64: (3.26, 21.11), 96: (6.35, 32.36), 128: (10.11, 44.36)}
-
-
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        lines = cpuinfo.read_text().splitlines()
-        names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-    load = f", load average at start {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
-    return (f"CPU {cpu}, {os.cpu_count()} cores ({torch.get_num_threads()} torch threads{load}); GPU {gpu}; "
-            f"torch {torch.__version__}; {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC")
 
 
 def time_forward(model: torch.nn.Module, images: torch.Tensor, repeats: int) -> tuple[float, float]:
@@ -110,7 +95,8 @@ def main() -> None:
     parser.add_argument("--gpu", action="store_true", help="also run the GPU sweep (needs CUDA)")
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
-    lines = ["# Fast3R teacher forward speed", "", f"Machine: {machine()}", "", *cpu_section(args.repeats), ""]
+    machine = describe_machine(threads=torch.get_num_threads())
+    lines = ["# Fast3R teacher forward speed", "", f"Machine: {machine}", "", *cpu_section(args.repeats), ""]
     if args.gpu:
         lines += gpu_section(args.repeats)
     else:
