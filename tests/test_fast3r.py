@@ -128,6 +128,20 @@ def test_view_chunking_gives_the_same_outputs(tiny):
         assert torch.allclose(whole[key], chunked[key], rtol=1e-5, atol=1e-5), key
 
 
+def test_more_than_128_views_in_chunks(tiny):
+    """130 views (several encoder/head chunks, one global decoder pass): every view gets its own output."""
+    x = images(b=1, n=130, h=32, w=32)
+    tiny.view_chunk = 25
+    with torch.inference_mode():
+        out = tiny(x)
+    assert out["pts3d_global"].shape == (1, 130, 32, 32, 3)
+    assert all(torch.isfinite(value).all() for value in out.values())
+    assert (out["conf_local"] >= 1).all()
+    # Views differ, so their outputs must too: no chunk was dropped or repeated.
+    flat = out["pts3d_local"][0].flatten(1)
+    assert torch.cdist(flat, flat).add(torch.eye(130) * 1e9).min() > 0
+
+
 def test_sequential_ids_by_default_and_random_ids_official_style(tiny):
     x = images(b=2, n=4)
     assert_same_outputs(tiny(x), tiny(x, torch.arange(4).expand(2, 4)))
