@@ -7,11 +7,11 @@ Every command that reads a config takes ``--config PATH`` plus overrides ``--sec
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 
 from d3r.config import ConfigError, D3RConfig, config_to_yaml, load_config, split_config_args
+from d3r.entry import exit_code_for, setup_logging
 
 
 def _config(rest: Sequence[str]) -> D3RConfig:
@@ -110,15 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    try:
-        return args.func(args, rest)
-    except ConfigError as exc:
-        print(f"d3r: {exc}", file=sys.stderr)
-        return 2
+    setup_logging(args.verbose)
+    return exit_code_for("d3r", lambda: args.func(args, rest))
 
 
 if __name__ == "__main__":

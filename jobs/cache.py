@@ -6,28 +6,20 @@ summary; a bad configuration exits with status 2 naming the field, a table locke
 
 from __future__ import annotations
 
-import logging
 import sys
 from collections.abc import Sequence
 
 from d3r.cache.pipeline import run_cache_job
-from d3r.cache.store import CacheLockedError
-from d3r.config import ConfigError, load_config, split_config_args
+from d3r.config import D3RConfig
+from d3r.entry import run_job
+
+
+def cache_job(config: D3RConfig) -> None:
+    print(run_cache_job(config).format())
 
 
 def main(argv: Sequence[str]) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        path, overrides = split_config_args(argv)
-        summary = run_cache_job(load_config(path, overrides))
-    except ConfigError as exc:
-        print(f"jobs/cache.py: {exc}", file=sys.stderr)
-        return 2
-    except CacheLockedError as exc:
-        print(f"jobs/cache.py: {exc}", file=sys.stderr)
-        return 3
-    print(summary.format())
-    return 0
+    return run_job("jobs/cache.py", argv, cache_job)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from d3r.config import ConfigError
 from d3r.eval import figures
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -252,7 +253,7 @@ def test_job_refuses_bad_models_before_any_work(job_run, tmp_path):
     from d3r.eval.job import run_eval
 
     root, _, _ = job_run
-    with pytest.raises(FileNotFoundError, match="missing.pt"):
+    with pytest.raises(ConfigError, match="eval.models.*missing.pt"):
         run_eval(_job_config(root, ["teacher", str(tmp_path / "missing.pt")]))
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="junk.pt"):

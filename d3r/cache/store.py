@@ -37,6 +37,7 @@ import lance
 import pyarrow as pa
 
 from d3r.cache.rows import REJECT_SCHEMA
+from d3r.entry import JobBusyError
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ VERSION_KEY = "d3r.version"
 LATEST_TAG = "latest"
 
 
-class CacheLockedError(RuntimeError):
+class CacheLockedError(JobBusyError):
     """Another job holds the cache table's lock."""
 
 

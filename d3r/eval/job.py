@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from d3r.config import D3RConfig, MlflowConfig
+from d3r.config import ConfigError, D3RConfig, MlflowConfig
 from d3r.eval import figures
 from d3r.eval.evaluate import EvalSettings, Reference, SampleResult, evaluate_prediction
 from d3r.eval.models import EvaluatedModel, load_model
@@ -98,8 +98,9 @@ class _Evaluation:
                 if ground_truth is None:
                     continue
                 result = self._score(model.label, GROUND_TRUTH, sample, outputs, ground_truth)
-            except ValueError as exc:
-                self.report.rejects.append((f"{model.label} on {sample.id}", str(exc)))
+            except Exception as exc:  # one model failing on one sample is a reject; the job goes on
+                log.warning("%s on sample %s failed: %s", model.label, sample.id, exc)
+                self.report.rejects.append((f"{model.label} on {sample.id}", f"{type(exc).__name__}: {exc}"))
                 continue
             if self.figures_left[model.label] > 0:
                 self.figures_left[model.label] -= 1
@@ -183,21 +184,24 @@ def run_eval(config: D3RConfig) -> EvalReport:
     """Evaluate every ``eval.models`` entry on the configured samples (see the module docstring).
 
     Raises:
-        ValueError / FileNotFoundError: for a model that cannot be loaded, or when the source has no
-            sample in ``eval.split``; both before any sample is evaluated.
+        ConfigError: for a model that cannot be loaded, or when the source has no sample in
+            ``eval.split``; both before any sample is evaluated.
     """
     import mlflow
 
     mlflow.set_tracking_uri(config.mlflow.tracking_uri)  # registered models load from this store
-    models = [load_model(entry, config) for entry in config.eval.models]
+    try:
+        models = [load_model(entry, config) for entry in config.eval.models]
+    except (FileNotFoundError, ValueError) as exc:
+        raise ConfigError(f"eval.models: {exc}") from exc
     if not models:
-        raise ValueError("eval.models is empty; name 'teacher', a checkpoint path or models:/NAME@ALIAS")
+        raise ConfigError("eval.models is empty; name 'teacher', a checkpoint path or models:/NAME@ALIAS")
     labels = [model.label for model in models]
     if len(set(labels)) != len(labels):
-        raise ValueError(f"eval.models: entries {config.eval.models} give duplicate names {labels}; rename a file")
+        raise ConfigError(f"eval.models: entries {config.eval.models} give duplicate names {labels}; rename a file")
     samples = list(eval_samples(config))
     if not samples:
-        raise ValueError(
+        raise ConfigError(
             f"no samples to evaluate: scenes.source={config.scenes.source!r} has none in eval.split="
             f"{config.eval.split!r} (try eval.split=all)"
         )
