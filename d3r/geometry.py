@@ -112,10 +112,12 @@ def align_local_to_global(
     aligned = np.empty_like(pts_local)
     sims: list[Sim3] = []
     for i, (local, glob, conf) in enumerate(zip(pts_local, pts_global, conf_global, strict=True)):
-        finite = np.isfinite(local).all(-1) & np.isfinite(glob).all(-1) & np.isfinite(conf)
-        if not finite.any():
-            raise ValueError(f"align_local_to_global: view {i} has no finite pixels")
-        keep = finite & (conf >= np.percentile(conf[finite], percentile))
+        # Pixels with no point (exactly (0, 0, 0), as teachers emit where nothing was seen) never vote.
+        usable = np.isfinite(local).all(-1) & np.isfinite(glob).all(-1) & np.isfinite(conf)
+        usable &= (local != 0).any(-1) & (glob != 0).any(-1)
+        if not usable.any():
+            raise ValueError(f"align_local_to_global: view {i} has no finite pixel with a point")
+        keep = usable & (conf >= np.percentile(conf[usable], percentile))
         try:
             sim = umeyama_sim3(local[keep], glob[keep])
         except ValueError as err:

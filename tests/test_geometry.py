@@ -102,6 +102,23 @@ def test_align_local_to_global_recovers_per_view_sims_despite_low_confidence_out
         align_local_to_global(local, glob, conf[:, :4])
 
 
+def test_align_local_to_global_ignores_pixels_with_no_point():
+    """Mostly-empty views (points (0, 0, 0), confidence 1) still align on the pixels that have points."""
+    rng = np.random.default_rng(6)
+    local = rng.normal(size=(1, 20, 20, 3)) + np.array([0, 0, 4.0])
+    truth = random_sim3(rng)
+    glob = apply_sim3(local, *truth)
+    conf = rng.uniform(5.0, 10.0, size=(1, 20, 20))
+    empty = np.ones((20, 20), bool)
+    empty[:7, :7] = False  # 88% of the view has no point: the 85th percentile would fall among them
+    local[0][empty], glob[0][empty], conf[0][empty] = 0.0, 0.0, 1.0
+    _, ((s, R, t),) = align_local_to_global(local, glob, conf)
+    assert s == pytest.approx(truth[0], rel=1e-9)
+    np.testing.assert_allclose(R, truth[1], atol=1e-9)
+    with pytest.raises(ValueError, match="no finite pixel with a point"):
+        align_local_to_global(np.zeros_like(local), glob, conf)
+
+
 def test_depth_points_project_and_transform_round_trip():
     K = intrinsics(40.0, 12, 9)
     depth = np.random.default_rng(4).uniform(1.0, 5.0, size=(2, 9, 12))
