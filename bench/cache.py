@@ -297,7 +297,7 @@ class PipelineCase:
 
 PIPELINE_CASES = (
     PipelineCase("Fast3R tiny", "tiny", views=4, size=64, samples=8),
-    PipelineCase("Fast3R release", "release", views=2, size=224, samples=4),
+    PipelineCase("Fast3R release", "release", views=2, size=224, samples=12),
 )
 
 

@@ -97,7 +97,7 @@ def test_oracle_job_writes_every_sample_once_and_a_rerun_skips_them(tmp_path: Pa
     assert {r["split"] for r in rows} <= {"train", "val"}
     assert all(r["N"] == 2 and (r["H"], r["W"]) == (48, 64) and r["codec"] == "d3r-v1" for r in rows)
     dataset = lance.dataset(config.cache.uri)
-    assert len(dataset.versions()) == 3  # chunks of 3 + 1, then the metadata
+    assert len(dataset.versions()) == 2  # chunks of 3 + 1; the metadata went in with the first
     assert dataset.tags.get_version(LATEST_TAG) == dataset.version == summary.version
     metadata = {k.decode(): v.decode() for k, v in dataset.schema.metadata.items()}
     assert D3RConfig.model_validate(yaml.safe_load(metadata[CONFIG_KEY])) == config
@@ -142,11 +142,21 @@ def test_a_wrong_teacher_checkpoint_fails_before_any_work(tmp_path: Path) -> Non
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken"]
 
 
+def test_a_patch_size_the_teacher_cannot_take_fails_before_any_work(tmp_path: Path) -> None:
+    checkpoint = tiny_fast3r_checkpoint(tmp_path / "fast3r-tiny")
+    config = make_config(tmp_path, "--teacher.name", "fast3r", "--teacher.preset", "tiny",
+                         "--teacher.checkpoint", str(checkpoint), "--scenes.patch_size", "14")
+    with pytest.raises(ConfigError, match=r"scenes.patch_size=14 .* patch size 16"):
+        run_cache_job(config)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fast3r-tiny"]
+
+
 class WhiteIsNaNTeacher:
     """A test teacher: a plane at depth 1 + brightness, NaN for samples whose images are all white."""
 
     name = "white-is-nan"
     needs_ground_truth = False
+    patch_size = 1
     fingerprint = {"name": "white-is-nan", "version": 1}
 
     def predict(self, images: torch.Tensor, **_: object) -> dict[str, torch.Tensor]:
@@ -230,6 +240,9 @@ def test_a_killed_job_resumes_exactly_once_and_a_concurrent_job_is_refused(tmp_p
             os.killpg(job.pid, signal.SIGKILL)  # Ray processes the job started
     committed = lance.dataset(config.cache.uri).count_rows()
     assert 0 < committed < 16, "the kill did not land mid-run"
+    # The killed job's table already records its settings: a rerun asking for others is refused.
+    with pytest.raises(ConfigError, match="cache.global_target"):
+        run_cache_job(make_config(tmp_path, *overrides, "--cache.global_target", "global_head"))
 
     summary = run_cache_job(config)
     assert summary.skipped_done == committed

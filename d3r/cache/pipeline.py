@@ -50,7 +50,8 @@ from d3r.teachers.base import Teacher, build_teacher, fingerprint_id
 logger = logging.getLogger(__name__)
 
 TeacherFactory = Callable[[TeacherConfig], Teacher]
-ENCODING_FIELDS = ("codec", "global_target", "align_percentile")
+# Settings a table is bound to: rows written under other values would mix in one table.
+ENCODING_FIELDS = ("cache.codec", "cache.global_target", "cache.align_percentile", "scenes.val_fraction")
 PROGRESS_EVERY_S = 10.0
 # Half a CPU per load task: loading is light next to the teacher, and resources that differ from the
 # actors' keep Ray Data from fusing the load into the teacher actors (which would serialise the two).
@@ -127,14 +128,29 @@ def check_table_encoding(config: D3RConfig) -> None:
     recorded_yaml = table_metadata(config.cache.uri).get(CONFIG_KEY)
     if recorded_yaml is None:
         return
-    recorded = (yaml.safe_load(recorded_yaml) or {}).get("cache", {})
-    ours = config.cache.model_dump(mode="json")
-    for name in ENCODING_FIELDS:
-        if name in recorded and recorded[name] != ours[name]:
+    recorded = yaml.safe_load(recorded_yaml) or {}
+    ours = config.model_dump(mode="json")
+    for dotted in ENCODING_FIELDS:
+        section, name = dotted.split(".")
+        theirs = recorded.get(section, {})
+        if name in theirs and theirs[name] != ours[section][name]:
             raise ConfigError(
-                f"cache.{name}: the table {config.cache.uri} was written with {recorded[name]!r}, this run asks for "
-                f"{ours[name]!r}; use another cache.uri"
+                f"{dotted}: the table {config.cache.uri} was written with {theirs[name]!r}, this run asks for "
+                f"{ours[section][name]!r}; use another cache.uri"
             )
+
+
+def check_patch_size(config: D3RConfig, teacher: Teacher) -> None:
+    """Preprocessed images (multiples of ``scenes.patch_size``) must suit the teacher's patch.
+
+    Raises:
+        ConfigError: before any work, naming ``scenes.patch_size`` and the teacher's patch.
+    """
+    if config.scenes.patch_size % teacher.patch_size:
+        raise ConfigError(
+            f"scenes.patch_size={config.scenes.patch_size} is not a multiple of the {teacher.name} teacher's "
+            f"patch size {teacher.patch_size}: images would not fit it"
+        )
 
 
 def plan_samples(config: D3RConfig, fingerprint: str, done: set[str], rejected: set[str]) -> Plan:
@@ -231,10 +247,12 @@ def _cache_table(rows: list[dict[str, Any]]) -> pa.Table:
 
 
 class ChunkWriter:
-    """Collects result rows and commits every ``chunk_samples`` good ones (plus rejects) to the store."""
+    """Collects result rows and commits every ``chunk_samples`` good ones (plus the rejects met so far,
+    also when they alone reach ``chunk_samples``) to the store; ``metadata`` goes into the table schema."""
 
-    def __init__(self, store: CacheStore, summary: CacheSummary, chunk_samples: int, pending: int):
-        self.store, self.summary = store, summary
+    def __init__(self, store: CacheStore, summary: CacheSummary, chunk_samples: int, pending: int,
+                 metadata: dict[str, str]):
+        self.store, self.summary, self.metadata = store, summary, metadata
         self.chunk_samples, self.pending = chunk_samples, pending
         self.good: list[dict[str, Any]] = []
         self.rejects: list[dict[str, Any]] = []
@@ -261,7 +279,8 @@ class ChunkWriter:
         """Commit up to ``chunk_samples`` good rows as one version, and every reject collected."""
         chunk, self.good = self.good[: self.chunk_samples], self.good[self.chunk_samples:]
         if chunk:
-            written, version = self.store.append(_cache_table(chunk))
+            # The metadata goes in with the first version, so even a killed job's table records its settings.
+            written, version = self.store.append(_cache_table(chunk).replace_schema_metadata(self.metadata))
             self.summary.written += written.num_rows
             self.summary.views_written += int(pc.sum(written["N"]).as_py() or 0)
             for name in written.column_names:
@@ -324,8 +343,11 @@ def run_cache_job(config: D3RConfig, *, teacher_factory: TeacherFactory = build_
         raise ConfigError(f"cache.codec: {exc}") from None
     check_table_encoding(config)
     list_scenes(config.scenes)  # checks scenes.source / scenes.root now
-    local_fingerprint = dict(teacher_factory(config.teacher).fingerprint)
+    teacher = teacher_factory(config.teacher)
+    check_patch_size(config, teacher)
+    local_fingerprint = dict(teacher.fingerprint)
     summary = CacheSummary(uri=config.cache.uri)
+    metadata = {CONFIG_KEY: config_to_yaml(config), VERSION_KEY: d3r.__version__}
     with CacheStore(config.cache.uri) as store, ExitStack() as ray_scope:
         num_gpus = config.cache.num_gpus
         if num_gpus > 0:  # the fingerprint must come from where the actors will run
@@ -342,9 +364,9 @@ def run_cache_job(config: D3RConfig, *, teacher_factory: TeacherFactory = build_
                     config.cache.uri, plan.samples, len(plan.items), plan.skipped_done, plan.skipped_rejected)
         if plan.items:
             ray_scope.enter_context(ray_session(config.ray))
-            writer = ChunkWriter(store, summary, config.cache.chunk_samples, len(plan.items))
+            writer = ChunkWriter(store, summary, config.cache.chunk_samples, len(plan.items), metadata)
             run_pending(config, plan.items, writer, fingerprint, teacher_factory, num_gpus)
-        finished = store.finish({CONFIG_KEY: config_to_yaml(config), VERSION_KEY: d3r.__version__})
+        finished = store.finish(metadata)
     summary.version, summary.tag = finished.version, finished.tag
     summary.seconds = time.monotonic() - started
     return summary

@@ -87,11 +87,6 @@ class KeyedTable:
         self._keys: set[str] = set()
         self._seen_version: int | None = None
 
-    @property
-    def version(self) -> int | None:
-        dataset = open_dataset(self.uri)
-        return None if dataset is None else dataset.version
-
     def keys(self) -> set[str]:
         """Every key in the table's latest version."""
         self._refresh()

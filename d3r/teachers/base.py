@@ -30,6 +30,8 @@ OUTPUT_KEYS = ("pts3d_global", "conf_global", "pts3d_local", "conf_local")
 class Teacher(Protocol):
     name: str
     needs_ground_truth: bool
+    patch_size: int
+    """Images' H and W must be multiples of this (1: any size)."""
 
     @property
     def fingerprint(self) -> dict[str, Any]:

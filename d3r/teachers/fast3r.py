@@ -470,6 +470,10 @@ class Fast3RTeacher:
         self.model.set_attention_dtype(None if self.dtype == torch.float32 else self.dtype)
 
     @property
+    def patch_size(self) -> int:
+        return self.model.config.patch_size
+
+    @property
     def fingerprint(self) -> dict[str, Any]:
         fingerprint = {
             "name": self.name,

@@ -227,6 +227,7 @@ class OracleTeacher:
 
     name = "oracle"
     needs_ground_truth = True
+    patch_size = 1
 
     def __init__(self, params: OracleParams, seed: int = 0) -> None:
         self.params = params
