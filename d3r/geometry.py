@@ -164,6 +164,13 @@ def depth_to_points(depth: np.ndarray, K: np.ndarray) -> np.ndarray:
     return _matvec(np.linalg.inv(K), pixels) * depth[..., None]
 
 
+def pixels_to_points(K: np.ndarray, uv: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """Lift pixels to camera-frame points: ``K [3, 3]``, ``uv [M, 2]`` (u, v), ``z [M]`` → ``[M, 3]`` float64."""
+    uv = np.asarray(uv, dtype=np.float64)
+    homogeneous = np.concatenate([uv, np.ones((len(uv), 1))], axis=1)
+    return np.linalg.solve(np.asarray(K, dtype=np.float64), homogeneous.T).T * np.asarray(z, np.float64)[:, None]
+
+
 def transform_points(T: np.ndarray, points: np.ndarray) -> np.ndarray:
     """Apply rigid/affine 4x4 transforms: ``T [*B, 4, 4]`` to ``points [*B, *S, 3]`` → ``[*B, *S, 3]``."""
     T = np.asarray(T, dtype=np.float64)

@@ -11,6 +11,7 @@ from d3r.geometry import (
     estimate_focal,
     estimate_poses,
     pixel_grid,
+    pixels_to_points,
     project,
     transform_points,
     umeyama_sim3,
@@ -117,6 +118,15 @@ def test_align_local_to_global_ignores_pixels_with_no_point():
     np.testing.assert_allclose(R, truth[1], atol=1e-9)
     with pytest.raises(ValueError, match="no finite pixel with a point"):
         align_local_to_global(np.zeros_like(local), glob, conf)
+
+
+def test_pixels_to_points_agrees_with_depth_to_points_and_projects_back():
+    K = intrinsics(40.0, 12, 9)
+    depth = np.random.default_rng(7).uniform(1.0, 5.0, size=(9, 12))
+    v, u = np.nonzero(depth > 2.0)
+    points = pixels_to_points(K, np.stack([u, v], axis=1), depth[v, u])
+    np.testing.assert_allclose(points, depth_to_points(depth, K)[v, u])
+    np.testing.assert_allclose(project(K, points), np.stack([u, v], axis=1), atol=1e-9)
 
 
 def test_depth_points_project_and_transform_round_trip():

@@ -23,6 +23,8 @@ from typing import NamedTuple
 import numpy as np
 from scipy.spatial import cKDTree
 
+from d3r.geometry import pixels_to_points, project, transform_points
+
 NORMAL_NEIGHBOURS = 30  # Open3D estimate_normals() default (KDTreeSearchParamKNN(knn=30)), as the protocols use
 _NORMAL_CHUNK = 65536  # points per PCA chunk (bounds memory to ~chunk·k·3 floats)
 
@@ -470,14 +472,12 @@ def view_correspondences(
         z = depth[j, ys, xs]
         keep = z > 0
         xj, yj, zj = xs[keep], ys[keep], z[keep]
-        rays = np.linalg.solve(K[j], np.stack([xj, yj, np.ones_like(xj)]).astype(np.float64))
-        world = (c2w[j, :3, :3] @ (rays * zj) + c2w[j, :3, 3:]).T
+        world = transform_points(c2w[j], pixels_to_points(K[j], np.stack([xj, yj], axis=1), zj))
         for i in range(j):
-            cam = world @ w2c[i, :3, :3].T + w2c[i, :3, 3]
+            cam = transform_points(w2c[i], world)
             zi = cam[:, 2]
             front = zi > 1e-9
-            proj = cam[front] @ np.asarray(K[i], dtype=np.float64).T
-            u, v = proj[:, 0] / proj[:, 2], proj[:, 1] / proj[:, 2]
+            u, v = project(K[i], cam[front]).T
             inside = (u >= -_EDGE) & (v >= -_EDGE) & (u <= w - 1 + _EDGE) & (v <= h - 1 + _EDGE)
             flat = (yj * w + xj)[front][inside]
             u, v, zi = np.clip(u[inside], 0, w - 1), np.clip(v[inside], 0, h - 1), zi[front][inside]

@@ -36,6 +36,7 @@ from typing import Literal
 import numpy as np
 
 from d3r.config import ScenesConfig
+from d3r.geometry import pixels_to_points, project, transform_points
 from d3r.scenes.preprocess import preprocess_views
 from d3r.scenes.records import Scene, View
 
@@ -153,9 +154,7 @@ def _reference_points(reference: View, others: list[View]) -> np.ndarray:
         v1 = np.linspace(0, height - 1, _FRUSTUM_GRID)
         z1 = np.geomspace(0.5 * scale, 2.0 * scale, 4)
         u, v, z = (a.ravel() for a in np.meshgrid(u1, v1, z1, indexing="ij"))
-    rays = np.linalg.solve(reference.K, np.stack([u, v, np.ones_like(u)]))
-    cam = rays * z
-    return (reference.pose[:3, :3] @ cam).T + reference.pose[:3, 3]
+    return transform_points(reference.pose, pixels_to_points(reference.K, np.stack([u, v], axis=1), z))
 
 
 def view_overlap(points: np.ndarray, view: View) -> float:
@@ -163,13 +162,10 @@ def view_overlap(points: np.ndarray, view: View) -> float:
     when the view's depth is loaded)."""
     if len(points) == 0:
         return 0.0
-    w2c = np.linalg.inv(view.pose)
-    cam = points @ w2c[:3, :3].T + w2c[:3, 3]
+    cam = transform_points(np.linalg.inv(view.pose), points)
     z = cam[:, 2]
     front = z > 1e-9
-    pix = cam @ view.K.T
-    u = pix[:, 0] / np.where(front, z, 1.0)
-    v = pix[:, 1] / np.where(front, z, 1.0)
+    u, v = project(view.K, cam).T
     width, height = _image_size(view)
     inside = front & (u >= -0.5) & (u <= width - 0.5) & (v >= -0.5) & (v <= height - 0.5)
     if view.depth is not None and inside.any():
