@@ -29,7 +29,7 @@ from d3r.cache.rows import BASE_FIELDS, decode_ground_truth, encode_images, grou
 from d3r.config import CacheConfig, ScenesConfig, TeacherConfig
 from d3r.scenes.records import Scene
 from d3r.scenes.sampling import Sample, load_sample
-from d3r.teachers.base import OUTPUT_KEYS, Teacher, fingerprint_id
+from d3r.teachers.base import OUTPUT_KEYS, Teacher, fingerprint_id, teacher_images
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def _teacher_inputs(rows: list[dict[str, Any]]) -> tuple[torch.Tensor, dict[str,
     ``poses [B, N, 4, 4]``; None when the rows have none)."""
     n, h, w = rows[0]["N"], rows[0]["H"], rows[0]["W"]
     pixels = np.stack([np.frombuffer(r["pixels"], dtype=np.uint8).reshape(n, h, w, 3) for r in rows])
-    images = torch.from_numpy(pixels).permute(0, 1, 4, 2, 3).contiguous()
+    images = teacher_images(pixels)
     truths = [decode_ground_truth(r) for r in rows]
     gt = {}
     for name in ("depth", "K", "poses"):

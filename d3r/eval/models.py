@@ -24,7 +24,7 @@ import torch
 
 from d3r.config import D3RConfig
 from d3r.scenes.records import View
-from d3r.teachers.base import OUTPUT_KEYS, Teacher, build_teacher
+from d3r.teachers.base import OUTPUT_KEYS, Teacher, build_teacher, teacher_images
 
 REGISTRY_PREFIX = "models:/"
 TEACHER = "teacher"
@@ -52,7 +52,7 @@ class EvaluatedModel:
 
 def images_tensor(views: list[View]) -> torch.Tensor:
     """Loaded views → uint8 ``[1, N, 3, H, W]``."""
-    return torch.from_numpy(np.stack([v.image for v in views])).permute(0, 3, 1, 2).unsqueeze(0).contiguous()
+    return teacher_images(np.stack([v.image for v in views])[None])
 
 
 def _to_numpy(outputs: dict[str, Any], source: str) -> dict[str, np.ndarray]:

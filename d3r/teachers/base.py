@@ -19,6 +19,7 @@ import json
 from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
+import numpy as np
 import torch
 
 from d3r.config import TeacherConfig
@@ -48,6 +49,13 @@ class Teacher(Protocol):
     ) -> dict[str, torch.Tensor]:
         """``images`` uint8 ``[B, N, 3, H, W]`` → the four maps documented in this module."""
         ...
+
+
+def teacher_images(pixels: np.ndarray) -> torch.Tensor:
+    """uint8 ``[B, N, H, W, 3]`` (as views store them) → the teachers' input uint8 ``[B, N, 3, H, W]``."""
+    if pixels.ndim != 5 or pixels.shape[-1] != 3 or pixels.dtype != np.uint8:
+        raise ValueError(f"expected uint8 images [B, N, H, W, 3], got {pixels.dtype} {pixels.shape}")
+    return torch.from_numpy(pixels).permute(0, 1, 4, 2, 3).contiguous()
 
 
 def fingerprint_id(fingerprint: dict[str, Any]) -> str:
