@@ -93,6 +93,11 @@ def test_cli_config_show_and_exit_status_2(yaml_file):
     assert "cache.bogus" in bad.stderr
 
 
-def test_every_shipped_config_is_valid():
-    for path in sorted((ROOT / "conf").glob("*.yaml")):
-        load_config(path, [], environ={})
+def test_every_shipped_config_is_valid_and_says_what_it_means():
+    configs = {path.stem: load_config(path, [], environ={}) for path in sorted((ROOT / "conf").glob("*.yaml"))}
+    assert {"demo", "fast3r"} <= set(configs)
+    demo, fast3r = configs["demo"], configs["fast3r"]
+    assert (demo.scenes.source, demo.teacher.name, demo.student.preset) == ("synthetic", "oracle", "tiny")
+    assert demo.scenes.patch_size % 14 == 0  # the student's patch: the demo cache is what a student trains on
+    assert (fast3r.teacher.name, fast3r.teacher.preset, fast3r.scenes.long_side) == ("fast3r", "release", 512)
+    assert fast3r.scenes.patch_size % 16 == 0 and fast3r.scenes.views_per_sample == 20
