@@ -210,12 +210,12 @@ def test_dense_depth_maps_are_read(scene_dir):
 @pytest.mark.parametrize(
     ("file", "text", "message"),
     [
-        ("cameras.txt", "# c\n1 PINHOLE 40 30 100 100 20\n", r"cameras.txt, line 2: model PINHOLE needs 4"),
-        ("cameras.txt", "1 PINHOLE 40 30 100 abc 20 15\n", r"cameras.txt, line 1: parameter 'abc'"),
-        ("cameras.txt", "1 WEIRD 40 30 100\n", r"cameras.txt, line 1: unknown camera model 'WEIRD'"),
-        ("images.txt", "1 1 0 0 0 0 0 0 1\n\n", r"images.txt, line 1: expected IMAGE_ID"),
-        ("images.txt", "1 1 0 0 x 0 0 0 1 a.png\n\n", r"images.txt, line 1: pose value 'x'"),
-        ("images.txt", "1 1 0 0 0 0 0 0 1 a.png\n1.0 2.0\n", r"images.txt, line 2: 2D points"),
+        ("cameras.txt", "# c\n1 PINHOLE 40 30 100 100 20\n", r"cameras.txt: line 2: model PINHOLE needs 4"),
+        ("cameras.txt", "1 PINHOLE 40 30 100 abc 20 15\n", r"cameras.txt: line 1: parameter 'abc'"),
+        ("cameras.txt", "1 WEIRD 40 30 100\n", r"cameras.txt: line 1: unknown camera model 'WEIRD'"),
+        ("images.txt", "1 1 0 0 0 0 0 0 1\n\n", r"images.txt: line 1: expected IMAGE_ID"),
+        ("images.txt", "1 1 0 0 x 0 0 0 1 a.png\n\n", r"images.txt: line 1: pose value 'x'"),
+        ("images.txt", "1 1 0 0 0 0 0 0 1 a.png\n1.0 2.0\n", r"images.txt: line 2: 2D points"),
     ],
 )
 def test_malformed_text_names_file_and_line(scene_dir, file, text, message):
@@ -231,7 +231,7 @@ def test_truncated_binary_names_file_and_offset(scene_dir):
     write_binary_model(sparse, [(1, 1, *SIZE, [100.0, 100.0, 20.0, 15.0])], [], [])
     data = (sparse / "cameras.bin").read_bytes()
     (sparse / "cameras.bin").write_bytes(data[:-4])
-    with pytest.raises(ValueError, match=r"cameras.bin, byte 32: file ends early"):
+    with pytest.raises(ValueError, match=r"cameras.bin: byte 32: file ends early"):
         read_colmap_scene(scene_dir)
 
 

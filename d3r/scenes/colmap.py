@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image
 from scipy.spatial.transform import Rotation
 
+from d3r.scenes.errors import InputFileError
 from d3r.scenes.folders import sorted_entries
 from d3r.scenes.images import ImageReadError, natural_key, read_image, read_image_size
 from d3r.scenes.records import Scene, View
@@ -58,12 +59,11 @@ _INTRINSIC_NAMES = frozenset({"f", "fx", "fy", "cx", "cy"})
 DENSE_DEPTH_KINDS = ("geometric", "photometric")
 
 
-class ColmapFormatError(ValueError):
+class ColmapFormatError(InputFileError):
     """A malformed COLMAP file: names the file, the line (text) or byte offset (binary), and the problem."""
 
     def __init__(self, path: str | Path, where: str, reason: str):
-        self.path = str(path)
-        super().__init__(f"{self.path}, {where}: {reason}")
+        super().__init__(path, f"{where}: {reason}")
 
 
 @dataclass(frozen=True)

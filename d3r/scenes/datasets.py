@@ -53,6 +53,7 @@ import numpy as np
 from PIL import Image
 from scipy.spatial.transform import Rotation
 
+from d3r.scenes.errors import InputFileError
 from d3r.scenes.folders import sorted_entries
 from d3r.scenes.images import is_image_file, natural_key, read_image
 from d3r.scenes.records import Scene, View
@@ -64,13 +65,8 @@ _OPENGL_TO_OPENCV = np.diag([1.0, -1.0, -1.0, 1.0])
 _ARKIT_POSE_TOLERANCE_S = 0.05
 
 
-class DatasetFormatError(ValueError):
+class DatasetFormatError(InputFileError):
     """A dataset file that does not follow its published layout: names the file and the problem."""
-
-    def __init__(self, path: str | Path, reason: str):
-        self.path = str(path)
-        self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from pathlib import Path
 import av
 import numpy as np
 
+from d3r.scenes.errors import InputFileError
 from d3r.scenes.images import natural_key
 from d3r.scenes.records import Scene, View
 
@@ -27,13 +28,8 @@ logger = logging.getLogger(__name__)
 VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".avi", ".mkv", ".webm"})
 
 
-class VideoReadError(ValueError):
+class VideoReadError(InputFileError):
     """A video (or one of its frames) that cannot be read: names the file and what was wrong."""
-
-    def __init__(self, path: str | Path, reason: str):
-        self.path = str(path)
-        self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
 
 
 @dataclass(frozen=True)
