@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
 ENV_PREFIX = "D3R_"
 
@@ -42,7 +42,7 @@ class ScenesConfig(Section):
     # synthetic rooms
     num_scenes: int = Field(4, ge=1)
     views_per_scene: int = Field(12, ge=1)
-    render_size: tuple[int, int] = Field((320, 240), description="synthetic render size (W, H)")
+    render_size: tuple[PositiveInt, PositiveInt] = Field((320, 240), description="synthetic render size (W, H)")
     camera_path: Literal["orbit", "walkthrough", "lookat", "mixed"] = "mixed"
     seed: int = 0
     # video
@@ -51,6 +51,10 @@ class ScenesConfig(Section):
     # preprocessing: aspect-preserving resize of the long side, centre crop to patch multiples
     long_side: int = Field(224, ge=16)
     patch_size: int = Field(16, ge=1)
+    # limits on input images, checked before any resampling (a refusal names the limit)
+    max_upscale: float = Field(4.0, ge=1.0, description="largest factor an image may be enlarged by")
+    max_aspect_ratio: float = Field(8.0, ge=1.0, description="most extreme long side / short side")
+    max_pixels: int = Field(120_000_000, ge=1, description="most pixels in one input image (decompression bombs)")
     # view-set sampling
     views_per_sample: int = Field(4, ge=1)
     sampling: Literal["consecutive", "strided", "random", "covisible"] = "consecutive"
@@ -71,6 +75,9 @@ class TeacherConfig(Section):
     image_ids_seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     view_chunk: int = Field(25, ge=1, description="views per encoder/head chunk (memory only)")
+    trust_checkpoint: bool = Field(
+        False, description="UNSAFE: allow full unpickling of `checkpoint`, which runs any code the file holds"
+    )
     # oracle: ground truth shaped like a teacher, with meaningful confidence and corruptions
     noise: float = Field(0.002, ge=0.0, description="relative depth noise on clean surfaces")
     corrupt_blobs: int = Field(2, ge=0, description="displaced blobs per view")
@@ -97,6 +104,9 @@ class CacheConfig(Section):
 class StudentConfig(Section):
     preset: str = "tiny"
     encoder_weights: Path | None = Field(None, description="DUNE .pth or DINOv2 state dict for the encoder")
+    trust_checkpoint: bool = Field(
+        False, description="UNSAFE: allow full unpickling of `encoder_weights`, which runs any code the file holds"
+    )
     activation_checkpointing: bool = False
     image_ids: Literal["sequential", "random"] = Field(
         "random", description="view ids in training (view 0 = 0); inference is always sequential"
@@ -104,6 +114,16 @@ class StudentConfig(Section):
 
 
 class TrainConfig(Section):
+    """The training job: data from the cache table, optimisation, validation, checkpoints, workers."""
+
+    # data
+    cache_version: int | str = Field("latest", description="cache table version number or tag to train on")
+    views_per_sample: int | None = Field(
+        None, ge=2, description="views drawn per sample at train time (None: all the row's views)"
+    )
+    shuffle: bool = True
+    loader_workers: int = Field(0, ge=0, description="DataLoader processes per Ray Train worker (spawned)")
+    # loss
     loss: Literal["paper", "robust"] = "robust"
     loss_conf_weighting: Literal["teacher", "student", "none"] = "teacher"
     loss_conf_supervision: bool = True
@@ -111,12 +131,37 @@ class TrainConfig(Section):
     loss_alpha_local: float = Field(1.0, ge=0)
     loss_gamma_conf: float | None = Field(None, ge=0, description="None: the variant's default (paper 0.001)")
     loss_alpha_logc: float = Field(0.2, ge=0, description="α of the −α·log C term (robust only)")
+    # optimisation
     epochs: int = Field(2, ge=1)
-    batch_size: int = Field(2, ge=1)
+    max_steps: int | None = Field(None, ge=1, description="stop after this many optimiser steps (None: epochs)")
+    batch_size: int = Field(2, ge=1, description="samples (scenes) per forward, per worker")
+    grad_accum: int = Field(1, ge=1, description="forwards per optimiser step")
     lr: float = Field(1e-4, gt=0)
     weight_decay: float = Field(0.01, ge=0)
-    num_workers: int = Field(1, ge=0)
+    warmup_fraction: float = Field(0.05, ge=0, le=1, description="share of the optimiser steps spent warming up")
+    min_lr_ratio: float = Field(0.01, ge=0, le=1, description="cosine floor as a fraction of lr")
+    grad_clip: float | None = Field(1.0, gt=0, description="max gradient norm (None: no clipping)")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 on GPUs that support it, fp16 + scaler on older GPUs, fp32 on CPU"
+    )
     seed: int = 0
+    # validation, logging, checkpoints
+    val_every: int = Field(50, ge=1, description="optimiser steps between validations (and at the end)")
+    val_max_samples: int | None = Field(None, ge=1, description="validate on at most this many val samples")
+    log_every: int = Field(10, ge=1, description="optimiser steps between logged training metrics")
+    checkpoint_every: int = Field(50, ge=1, description="optimiser steps between checkpoints (and at the end)")
+    keep_checkpoints: int = Field(2, ge=1)
+    champion_metric: str = Field(
+        "val/gt/abs_rel", description="validation metric that decides the registry's champion (lower is better)"
+    )
+    # where and how it runs
+    run_name: str = Field("d3r-student", min_length=1, description="same name reruns resume from its checkpoint")
+    storage_path: Path = Field(Path("demo_out/train"), description="Ray Train run storage (checkpoints)")
+    num_workers: int = Field(1, ge=1, description="Ray Train workers (DDP ranks)")
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float = Field(1.0, ge=0, description="used only with use_gpu")
+    max_failures: int = Field(1, ge=0, description="restarts after a worker dies")
 
 
 class EvalConfig(Section):
@@ -151,11 +196,13 @@ class MlflowConfig(Section):
     tracking_uri: str = "sqlite:///mlflow.db"
     experiment: str = "d3r"
     registered_model: str = "d3r-student"
+    timeout_s: float = Field(10.0, gt=0, description="give up on an unreachable tracking server after this long")
 
 
 class RayConfig(Section):
     address: str | None = Field(None, description="None: connect to a running cluster or start a local one")
-    num_cpus: int | None = Field(None, ge=1)
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray started by d3r (not with address)")
+    connect_timeout_s: float = Field(30.0, gt=0, description="give up on an unreachable ray.address after this long")
 
 
 class D3RConfig(Section):
@@ -176,6 +223,15 @@ class D3RConfig(Section):
             raise ValueError(f"scenes.root is required for scenes.source={self.scenes.source!r}")
         if self.teacher.name == "fast3r" and self.teacher.checkpoint is None:
             raise ValueError("teacher.checkpoint is required for teacher.name='fast3r'")
+        if self.scenes.long_side < self.scenes.patch_size:
+            raise ValueError(
+                f"scenes.long_side={self.scenes.long_side} is smaller than scenes.patch_size={self.scenes.patch_size}"
+            )
+        if self.ray.address is not None and self.ray.num_cpus is not None:
+            raise ValueError(
+                "ray.num_cpus applies only to a local Ray that d3r starts; it cannot be set with ray.address "
+                f"({self.ray.address!r})"
+            )
         return self
 
 
