@@ -196,7 +196,7 @@ def _register_student(config, student) -> None:
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from d3r.eval.job import artifact_location
+    from d3r.tracking import artifact_location
 
     mlflow.set_tracking_uri(config.mlflow.tracking_uri)
     experiment = mlflow.create_experiment("registry", artifact_location=artifact_location(config.mlflow.tracking_uri))

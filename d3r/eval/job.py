@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from d3r.config import ConfigError, D3RConfig, MlflowConfig
+from d3r.config import ConfigError, D3RConfig
 from d3r.eval import figures
 from d3r.eval.evaluate import EvalSettings, Reference, SampleResult, evaluate_prediction
 from d3r.eval.models import EvaluatedModel, load_model
@@ -31,6 +31,7 @@ from d3r.eval.report import GROUND_TRUTH, SUMMARY_METRICS, TEACHER_REFERENCE, Ev
 from d3r.scenes.records import Scene, View
 from d3r.scenes.sampling import Sample, SampleError, load_sample, sample_scene
 from d3r.scenes.sources import list_scenes
+from d3r.tracking import use_experiment
 
 log = logging.getLogger(__name__)
 
@@ -137,29 +138,11 @@ class _Evaluation:
                 self.report.files.append(figures.save_metric_bars(path, table, names, title, SUMMARY_METRICS))
 
 
-def artifact_location(tracking_uri: str) -> str | None:
-    """Where a new experiment keeps artifacts: ``mlartifacts/`` beside a sqlite store (not the CWD)."""
-    prefix = "sqlite:///"
-    if not tracking_uri.startswith(prefix):
-        return None
-    return (Path(tracking_uri[len(prefix):]).resolve().parent / "mlartifacts").as_uri()
-
-
-def _use_experiment(config: MlflowConfig) -> str:
-    import mlflow
-
-    mlflow.set_tracking_uri(config.tracking_uri)
-    experiment = mlflow.get_experiment_by_name(config.experiment)
-    if experiment is not None:
-        return experiment.experiment_id
-    return mlflow.create_experiment(config.experiment, artifact_location=artifact_location(config.tracking_uri))
-
-
 def log_report(report: EvalReport, config: D3RConfig) -> str:
     """Log mean metrics (``<model>/<reference>/<metric>``), config and every written file; returns the run id."""
     import mlflow
 
-    experiment_id = _use_experiment(config.mlflow)
+    experiment_id = use_experiment(config.mlflow)
     with mlflow.start_run(experiment_id=experiment_id, run_name="eval") as run:
         mlflow.set_tag("d3r.job", "eval")
         mlflow.log_params({
