@@ -3,12 +3,14 @@
 ``Student.forward(images [B, N, 3, H, W])`` runs the encoder on all B·N views at once, the fusion
 transformer on B sequences of N·P tokens (global attention across a sample's views), and the heads
 on all B·N views at once (or in chunks of ``head_chunk`` views, for memory only). It returns the
-teacher's four maps (``d3r.teachers.base.OUTPUT_KEYS``). On CUDA it runs under bf16 autocast; the
-outputs are float32.
+teacher's four maps (``d3r.teachers.base.OUTPUT_KEYS``). On CUDA it runs under bf16 autocast unless the
+caller passes ``autocast=False`` and chooses the precision itself (the training loop does); the outputs
+are float32.
 """
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -60,10 +62,13 @@ class Student(nn.Module):
                 "resize/crop with d3r.scenes.preprocess"
             )
 
-    def forward(self, images: torch.Tensor, image_ids: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def forward(
+        self, images: torch.Tensor, image_ids: torch.Tensor | None = None, *, autocast: bool = True
+    ) -> dict[str, torch.Tensor]:
         """``images [B, N, 3, H, W]`` (uint8 0..255 or float 0..1), ``image_ids [B, N]`` (default: see
         ``image_ids``) → ``pts3d_global``/``pts3d_local`` ``[B, N, H, W, 3]``, ``conf_global``/``conf_local``
-        ``[B, N, H, W]`` (float32; global = view 0's camera frame)."""
+        ``[B, N, H, W]`` (float32; global = view 0's camera frame). ``autocast``: bf16 autocast on CUDA;
+        False leaves the precision to the caller's own autocast context."""
         self.check_images(images)
         batch, num_views, _, height, width = images.shape
         if image_ids is None:
@@ -74,7 +79,8 @@ class Student(nn.Module):
             )
         elif image_ids.min() < 0 or image_ids.max() >= self.fusion.max_views:
             raise ValueError(f"student: image_ids must lie in 0..{self.fusion.max_views - 1}")
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=images.is_cuda):
+        own_autocast = torch.autocast("cuda", dtype=torch.bfloat16) if autocast and images.is_cuda else nullcontext()
+        with own_autocast:
             tokens = self.encoder(images.flatten(0, 1))  # [B*N, P, enc_dim]
             patches = tokens.shape[1]
             hooked = self.fusion(tokens.reshape(batch, num_views * patches, -1), image_ids)  # [B, N*P, C] each
