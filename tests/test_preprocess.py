@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from d3r.scenes.preprocess import preprocess_views, resize_crop_view, target_size
+from d3r.scenes.preprocess import crop_to_patch, crop_views_to_patch, preprocess_views, resize_crop_view, target_size
 from d3r.scenes.records import View
 
 
@@ -72,3 +72,43 @@ def test_depth_is_resampled_without_blending():
     depth[:, 32:] = 5.0
     out = resize_crop_view(view.with_(depth=depth), 32, 24)
     assert set(np.unique(out.depth)) <= {0.0, 5.0}
+
+
+def test_crop_to_patch_keeps_the_teachers_pixels_and_moves_K_with_them():
+    """512x384 → 504x378 for patch 14 (offsets 4, 3): pixels, maps and K cropped together, nothing resampled."""
+    views = [ramp_view(512, 384), ramp_view(512, 384)]
+    images = np.stack([v.image for v in views])
+    points = np.random.default_rng(0).normal(size=(2, 384, 512, 3)).astype(np.float32)
+    K = np.stack([v.K for v in views])
+    cropped, cropped_K = crop_to_patch({"images": images, "points": points}, 14, K)
+    assert cropped["images"].shape == (2, 378, 504, 3) and cropped["points"].shape == (2, 378, 504, 3)
+    np.testing.assert_array_equal(cropped["images"], images[:, 3:381, 4:508])
+    np.testing.assert_array_equal(cropped["points"], points[:, 3:381, 4:508])
+    expected = K.copy()
+    expected[:, 0, 2] -= 4
+    expected[:, 1, 2] -= 3
+    np.testing.assert_allclose(cropped_K, expected, rtol=0, atol=1e-12)
+    # a pixel's ray under the new K is the ray of the same content under the old one
+    u, v = 100, 50
+    np.testing.assert_allclose(np.linalg.solve(cropped_K[0], [u, v, 1]), np.linalg.solve(K[0], [u + 4, v + 3, 1]))
+    same, same_K = crop_to_patch({"images": images[:, :378, :504]}, 14, K)
+    assert same["images"].shape == (2, 378, 504, 3) and np.array_equal(same_K, K)
+
+
+def test_crop_to_patch_refuses_mismatched_or_tiny_maps():
+    with pytest.raises(ValueError, match="sharing"):
+        crop_to_patch({"a": np.zeros((2, 48, 64)), "b": np.zeros((2, 48, 60))}, 14)
+    with pytest.raises(ValueError, match="smaller than one 14-pixel patch"):
+        crop_to_patch({"a": np.zeros((1, 10, 64))}, 14)
+
+
+def test_crop_views_to_patch_crops_image_depth_and_K_together():
+    view = ramp_view(64, 48)
+    view = view.with_(depth=np.arange(48 * 64, dtype=np.float32).reshape(48, 64))
+    (out,) = crop_views_to_patch([view], 14)
+    assert out.image.shape == (42, 56, 3) and out.depth.shape == (42, 56)
+    np.testing.assert_array_equal(out.image, view.image[3:45, 4:60])
+    np.testing.assert_array_equal(out.depth, view.depth[3:45, 4:60])
+    assert out.K[0, 2] == pytest.approx(view.K[0, 2] - 4) and out.K[1, 2] == pytest.approx(view.K[1, 2] - 3)
+    (no_depth,) = crop_views_to_patch([view.with_(depth=None, K=None)], 14)
+    assert no_depth.depth is None and no_depth.K is None and no_depth.image.shape == (42, 56, 3)
