@@ -6,7 +6,9 @@
 2. lists the configured scene source's samples (``scenes.*``; ``eval.split``, ``eval.max_samples``);
 3. per sample, runs each model, scores it against the ground truth (:func:`evaluate_prediction`)
    and, when a teacher is among the models, scores every other model against the teacher's output
-   (student-vs-teacher agreement; this needs no ground truth);
+   (student-vs-teacher agreement; this needs no ground truth). Students see the teacher's pixels
+   centre-cropped to a multiple of their patch (``student.preset``'s; never resampled) and are scored
+   on those pixels: ground truth and the teacher's output are cropped the same way;
 4. writes per-sample, per-scene and mean tables (CSV + Markdown) and figures to ``eval.out_dir``;
 5. logs the mean metrics (``<model>/<reference>/<metric>``), the tables and figures to one MLflow
    run in ``mlflow.experiment``.
@@ -28,9 +30,11 @@ from d3r.eval import figures
 from d3r.eval.evaluate import EvalSettings, Reference, SampleResult, evaluate_prediction
 from d3r.eval.models import EvaluatedModel, load_model
 from d3r.eval.report import GROUND_TRUTH, SUMMARY_METRICS, TEACHER_REFERENCE, EvalReport, EvalRow
+from d3r.scenes.preprocess import crop_to_patch, crop_views_to_patch
 from d3r.scenes.records import Scene, View
 from d3r.scenes.sampling import Sample, SampleError, load_sample, sample_scene
 from d3r.scenes.sources import list_scenes
+from d3r.student.presets import resolve_spec
 from d3r.tracking import use_experiment
 
 log = logging.getLogger(__name__)
@@ -62,6 +66,14 @@ def _sample_figures(
     ]
 
 
+def _ground_truth(sample: Sample, views: list[View]) -> Reference | None:
+    try:
+        return Reference.from_views(views)
+    except ValueError as exc:
+        log.info("sample %s: no ground truth (%s); agreement only", sample.id, exc)
+        return None
+
+
 class _Evaluation:
     """The per-sample loop's state: settings, where files go, and the report being filled."""
 
@@ -72,6 +84,10 @@ class _Evaluation:
         self.out_dir = Path(config.eval.out_dir)
         self.report = EvalReport()
         self.figures_left = {model.label: config.eval.figure_samples if config.eval.figures else 0 for model in models}
+        try:
+            self.student_patch = resolve_spec(config.student.preset).patch_size
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
 
     def _score(
         self, label: str, reference_name: str, sample: Sample, outputs: dict[str, np.ndarray], reference: Reference
@@ -86,26 +102,29 @@ class _Evaluation:
         except SampleError as exc:
             self.report.rejects.append((sample.id, str(exc)))
             return
-        try:
-            ground_truth = Reference.from_views(views)
-        except ValueError as exc:
-            log.info("sample %s: no ground truth (%s); agreement only", sample.id, exc)
-            ground_truth = None
+        # keyed by is_teacher: students see the teacher's pixels cropped to their patch multiple, and are
+        # scored on those pixels (never resampled)
+        inputs = {True: views}
+        ground_truth = {True: _ground_truth(sample, views)}
         predictions: dict[str, dict[str, np.ndarray]] = {}
         for model in self.models:
             try:
-                outputs = model.predict(views)
+                if model.is_teacher not in inputs:
+                    inputs[False] = crop_views_to_patch(views, self.student_patch)
+                    ground_truth[False] = _ground_truth(sample, inputs[False])
+                outputs = model.predict(inputs[model.is_teacher])
                 predictions[model.label] = outputs
-                if ground_truth is None:
+                if ground_truth[model.is_teacher] is None:
                     continue
-                result = self._score(model.label, GROUND_TRUTH, sample, outputs, ground_truth)
+                result = self._score(model.label, GROUND_TRUTH, sample, outputs, ground_truth[model.is_teacher])
             except Exception as exc:  # one model failing on one sample is a reject; the job goes on
                 log.warning("%s on sample %s failed: %s", model.label, sample.id, exc)
                 self.report.rejects.append((f"{model.label} on {sample.id}", f"{type(exc).__name__}: {exc}"))
                 continue
             if self.figures_left[model.label] > 0:
                 self.figures_left[model.label] -= 1
-                self.report.files += _sample_figures(self.out_dir, model.label, sample, views, outputs, result)
+                self.report.files += _sample_figures(self.out_dir, model.label, sample, inputs[model.is_teacher],
+                                                     outputs, result)
         self._score_agreement(sample, predictions)
 
     def _score_agreement(self, sample: Sample, predictions: dict[str, dict[str, np.ndarray]]) -> None:
@@ -114,8 +133,9 @@ class _Evaluation:
         if teacher is None or not students:
             return
         try:
-            reference = Reference.from_prediction(predictions[teacher]["pts3d_global"],
-                                                  predictions[teacher]["conf_global"])
+            cropped, _ = crop_to_patch({key: predictions[teacher][key] for key in ("pts3d_global", "conf_global")},
+                                       self.student_patch)
+            reference = Reference.from_prediction(cropped["pts3d_global"], cropped["conf_global"])
         except ValueError as exc:
             self.report.rejects.append((f"teacher reference on {sample.id}", str(exc)))
             return
@@ -170,9 +190,7 @@ def run_eval(config: D3RConfig) -> EvalReport:
         ConfigError: for a model that cannot be loaded, or when the source has no sample in
             ``eval.split``; both before any sample is evaluated.
     """
-    import mlflow
-
-    mlflow.set_tracking_uri(config.mlflow.tracking_uri)  # registered models load from this store
+    use_experiment(config.mlflow)  # a tracking server that does not answer fails now; registered models load from it
     try:
         models = [load_model(entry, config) for entry in config.eval.models]
     except (FileNotFoundError, ValueError) as exc:
