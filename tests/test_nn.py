@@ -1,5 +1,6 @@
 """Shared layers: RoPE against a direct complex-rotation formula, attention against naive softmax,
-DPT shapes (odd grids, patch 14) and its final resize, activations, the image-index table."""
+DPT shapes (odd grids, patch 14) and its final resize, activations, the image-index table, the global
+fusion (hooks, names, view ids) and heads run in view chunks."""
 
 import cmath
 import math
@@ -12,12 +13,15 @@ from d3r.nn import (
     Attention,
     Block,
     DPTHead,
+    GlobalFusion,
     RoPE2D,
     confidence_activation,
+    draw_image_ids,
     image_index_embedding,
     patch_positions,
     pointmap_activation,
     postprocess,
+    run_in_view_chunks,
 )
 
 
@@ -204,3 +208,117 @@ def test_image_index_embedding_rows():
     expected = [math.sin(p * w) for w in omega] + [math.cos(p * w) for w in omega]
     assert torch.allclose(table[p], torch.tensor(expected), atol=1e-6)
     assert torch.equal(table[0], torch.tensor([0.0] * 4 + [1.0] * 4))
+
+
+def tiny_fusion(**options) -> GlobalFusion:
+    torch.manual_seed(7)
+    return GlobalFusion(8, 16, 3, 2, hooks=(0, 1, 3), max_views=10, **options)
+
+
+def test_global_fusion_hooks_equal_a_manual_pass():
+    fusion = tiny_fusion().eval()
+    tokens = torch.randn(2, 3 * 4, 8)  # B=2, N=3 views of P=4 tokens, view-major
+    ids = torch.tensor([[0, 4, 9], [0, 1, 2]])
+    hooked = fusion(tokens, ids)
+    x = fusion.decoder_embed(tokens).reshape(2, 3, 4, 16) + image_index_embedding(10, 16)[ids][:, :, None]
+    x = x.reshape(2, 12, 16)
+    expected = [tokens]
+    for index, block in enumerate(fusion.blocks, start=1):
+        x = block(x)
+        if index == 1:
+            expected.append(x)
+    expected.append(fusion.norm(x))
+    assert len(hooked) == 3 and torch.equal(hooked[0], tokens)
+    for got, want in zip(hooked[1:], expected[1:], strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+    # Global attention: another view's tokens change view 0's output; the ids matter.
+    changed = tokens.clone()
+    changed[:, 8:] += 1.0
+    assert not torch.allclose(fusion(changed, ids)[2][:, :4], hooked[2][:, :4], atol=1e-4)
+    assert not torch.allclose(fusion(tokens, torch.tensor([[0, 1, 2]] * 2))[2][0], hooked[2][0], atol=1e-4)
+
+
+def test_global_fusion_names_buffer_and_options():
+    default = set(tiny_fusion().state_dict())
+    assert {k.split(".")[0] for k in default} == {"decoder_embed", "blocks", "norm"}
+    named = tiny_fusion(blocks_name="dec_blocks", norm_name="dec_norm", attn_eval_scale=0.5, mlp_ratio=2.0,
+                        qkv_bias=False)
+    keys = set(named.state_dict())
+    assert keys == {k.replace("blocks.", "dec_blocks.").replace("norm.", "dec_norm.") for k in default
+                    if not k.endswith("qkv.bias")}
+    assert "image_idx_emb" not in keys and named.max_views == 10
+    attn = named.dec_blocks[0].attn
+    assert attn.train().active_scale == pytest.approx(8**-0.5) and attn.eval().active_scale == 0.5
+    assert named.dec_blocks[0].mlp.fc1.out_features == 32 and named.dec_blocks[0].norm1.eps == 1e-5
+    assert named.dec_norm.eps == 1e-6
+    with pytest.raises(ValueError, match="hooks"):
+        GlobalFusion(8, 16, 3, 2, hooks=(0, 4), max_views=10)
+
+
+def test_global_fusion_activation_checkpointing_keeps_gradients():
+    tokens, ids = torch.randn(1, 6, 8), torch.tensor([[0, 3]])
+    grads = []
+    for fusion in (tiny_fusion(), tiny_fusion(activation_checkpointing=True)):
+        fusion.train()
+        fusion(tokens, ids)[2].square().mean().backward()
+        grads.append(fusion.decoder_embed.weight.grad)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-7)
+
+
+def test_sequential_image_ids():
+    ids = draw_image_ids(3, 4, max_views=10)
+    assert ids.dtype == torch.long and torch.equal(ids, torch.arange(4).expand(3, 4))
+    with pytest.raises(ValueError, match="max_views=10"):
+        draw_image_ids(1, 11, max_views=10)
+    with pytest.raises(ValueError, match="max_views"):
+        draw_image_ids(1, 0, max_views=10)
+
+
+def test_random_image_ids_distinct_view0_zero_and_official_draws():
+    ids = draw_image_ids(64, 6, max_views=1000, random=True)
+    assert ids.shape == (64, 6) and ids.dtype == torch.long
+    assert (ids[:, 0] == 0).all() and (ids[:, 1:] >= 1).all() and (ids < 1000).all()
+    assert all(len(set(row.tolist())) == 6 for row in ids)
+    assert len({tuple(row.tolist()) for row in ids}) > 1  # drawn per sample
+    # As many views as rows: a permutation of 0..max_views-1 with 0 first.
+    full = draw_image_ids(5, 7, max_views=7, random=True)
+    assert (full[:, 0] == 0).all() and all(sorted(row.tolist()) == list(range(7)) for row in full)
+
+
+def test_random_image_ids_reproduce_the_official_randperm_per_sample():
+    drawn = draw_image_ids(3, 5, max_views=1000, random=True, generator=torch.Generator().manual_seed(11))
+    official_generator = torch.Generator().manual_seed(11)
+    official = torch.stack([
+        torch.cat([torch.zeros(1, dtype=torch.long), torch.randperm(999, generator=official_generator)[:4] + 1])
+        for _ in range(3)
+    ])
+    assert torch.equal(drawn, official)
+    again = draw_image_ids(3, 5, max_views=1000, random=True, generator=torch.Generator().manual_seed(11))
+    assert torch.equal(drawn, again)
+    other = draw_image_ids(3, 5, max_views=1000, random=True, generator=torch.Generator().manual_seed(12))
+    assert not torch.equal(drawn, other)
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 4, 5, None])
+def test_heads_in_view_chunks_equal_all_views_at_once(chunk):
+    torch.manual_seed(8)
+    dims = (8, 12, 12, 12)
+    head = tiny_dpt(16, dims).eval()
+    tokens = dpt_tokens(head, dims, 5, 3, 4)  # 5 views, 3x4 patches
+    sizes = []
+
+    def heads(chunk_tokens: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        sizes.append(chunk_tokens[0].shape[0])
+        pts, conf = postprocess(head(chunk_tokens, (48, 64)))
+        return {"pts": pts, "conf": conf}
+
+    with torch.no_grad():
+        whole = heads(tokens)
+        sizes.clear()
+        chunked = run_in_view_chunks(heads, tokens, chunk)
+    step = chunk or 5
+    assert sizes == [min(step, 5 - start) for start in range(0, 5, step)]
+    assert chunked.keys() == whole.keys()
+    for key in whole:
+        assert chunked[key].shape == whole[key].shape
+        torch.testing.assert_close(chunked[key], whole[key], rtol=0, atol=1e-6)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from d3r.nn.attention import Attention
 from d3r.nn.rope import RoPE2D
@@ -69,3 +70,10 @@ class Block(nn.Module):
         """``x [B, L, dim]``; ``positions [L, 2]`` or ``[B, L, 2]`` for RoPE → ``[B, L, dim]``."""
         x = x + self.ls1(self.attn(self.norm1(x), positions))
         return x + self.ls2(self.mlp(self.norm2(x)))
+
+
+def run_block(block: nn.Module, tokens: torch.Tensor, use_checkpoint: bool) -> torch.Tensor:
+    """``block(tokens)``, through ``torch.utils.checkpoint`` when asked and gradients are on."""
+    if use_checkpoint and torch.is_grad_enabled():
+        return checkpoint(block, tokens, use_reentrant=False)
+    return block(tokens)
