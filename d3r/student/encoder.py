@@ -11,9 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
-from d3r.nn import Block, PatchEmbed
+from d3r.nn import Block, PatchEmbed, run_block
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -82,10 +81,3 @@ class ViTEncoder(nn.Module):
         for block in self.blocks:
             tokens = run_block(block, tokens, self.activation_checkpointing and self.training)
         return self.norm(tokens)[:, 1 + self.register_tokens.shape[1]:]
-
-
-def run_block(block: nn.Module, tokens: torch.Tensor, use_checkpoint: bool) -> torch.Tensor:
-    """``block(tokens)``, through ``torch.utils.checkpoint`` when asked and gradients are on."""
-    if use_checkpoint and torch.is_grad_enabled():
-        return checkpoint(block, tokens, use_reentrant=False)
-    return block(tokens)

@@ -11,11 +11,13 @@ are float32.
 from __future__ import annotations
 
 from contextlib import nullcontext
+from functools import partial
 from typing import Any
 
 import torch
 from torch import nn
 
+from d3r.nn import draw_image_ids, run_in_view_chunks
 from d3r.student.encoder import ViTEncoder
 from d3r.student.fusion import FusionTransformer
 from d3r.student.heads import PointmapHeads
@@ -45,11 +47,8 @@ class Student(nn.Module):
     def image_ids(self, batch: int, num_views: int, device: torch.device) -> torch.Tensor:
         """Default view ids ``[B, N]``: random (view 0 = 0) in training when ``spec.image_ids='random'``,
         else sequential."""
-        if num_views > self.fusion.max_views:
-            raise ValueError(f"student: {num_views} views exceed max_views={self.fusion.max_views}")
-        if self.training and self.spec.image_ids == "random":
-            return self.fusion.random_ids(batch, num_views, device)
-        return self.fusion.sequential_ids(batch, num_views, device)
+        random = self.training and self.spec.image_ids == "random"
+        return draw_image_ids(batch, num_views, self.fusion.max_views, random=random, device=device)
 
     def check_images(self, images: torch.Tensor) -> None:
         if images.dim() != 5 or images.shape[2] != 3:
@@ -90,12 +89,7 @@ class Student(nn.Module):
 
     def run_heads(self, tokens: list[torch.Tensor], image_size: tuple[int, int]) -> dict[str, torch.Tensor]:
         """Heads on ``[B*N, P, C]`` tokens, all views at once or ``head_chunk`` views at a time."""
-        chunk = self.spec.head_chunk
-        if chunk is None or tokens[0].shape[0] <= chunk:
-            return self.heads(tokens, image_size)
-        parts = [self.heads([t[start:start + chunk] for t in tokens], image_size)
-                 for start in range(0, tokens[0].shape[0], chunk)]
-        return {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
+        return run_in_view_chunks(partial(self.heads, image_size=image_size), tokens, self.spec.head_chunk)
 
 
 def build_student(preset: str, **overrides: Any) -> Student:
