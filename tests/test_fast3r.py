@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from d3r.config import ConfigError, TeacherConfig
+from d3r.nn import draw_image_ids
 from d3r.teachers.base import build_teacher, fingerprint_id
 from d3r.teachers.fast3r import (
     PRESETS,
@@ -22,7 +23,6 @@ from d3r.teachers.fast3r import (
     config_to_json,
     fast3r_config,
     load_fast3r,
-    random_image_ids,
     save_fast3r,
 )
 
@@ -92,7 +92,7 @@ def test_decoder_hooks_and_image_index_embedding(tiny):
     torch.manual_seed(2)
     enc = torch.randn(2, 3, 12, 64)
     ids = torch.tensor([[0, 5, 9], [0, 7, 2]])
-    hooked = tiny.decoder(enc, ids, tiny.config.hooks)  # hooks (0, 2, 3, 4)
+    hooked = [h.reshape(2, 3, 12, 64) for h in tiny.decoder(enc.reshape(2, 36, 64), ids)]  # hooks (0, 2, 3, 4)
     dec = tiny.decoder
     x = dec.decoder_embed(enc) + dec.image_idx_emb[ids][:, :, None]
     x = x.reshape(2, 36, 64)
@@ -149,8 +149,8 @@ def test_more_than_128_views_in_chunks(tiny):
 def test_sequential_ids_by_default_and_random_ids_official_style(tiny):
     x = images(b=2, n=4)
     assert_same_outputs(tiny(x), tiny(x, torch.arange(4).expand(2, 4)))
-    ids = random_image_ids(2, 4, torch.Generator().manual_seed(7))
-    assert torch.equal(ids, random_image_ids(2, 4, torch.Generator().manual_seed(7)))
+    ids = draw_image_ids(2, 4, 1000, random=True, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(ids, draw_image_ids(2, 4, 1000, random=True, generator=torch.Generator().manual_seed(7)))
     assert (ids[:, 0] == 0).all() and (ids[:, 1:] >= 1).all() and (ids < 1000).all()
     assert all(len(set(row.tolist())) == 4 for row in ids)
     assert not torch.equal(ids[0], ids[1])

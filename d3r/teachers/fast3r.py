@@ -25,6 +25,7 @@ import re
 from collections.abc import Mapping
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,17 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from d3r.config import ConfigError, TeacherConfig
-from d3r.nn import Attention, Block, DPTPointmapHead, PatchEmbed, RoPE2D, image_index_embedding, patch_positions
+from d3r.nn import (
+    Attention,
+    Block,
+    DPTPointmapHead,
+    GlobalFusion,
+    PatchEmbed,
+    RoPE2D,
+    draw_image_ids,
+    patch_positions,
+    run_in_view_chunks,
+)
 from d3r.teachers.base import OUTPUT_KEYS, register_teacher
 
 logger = logging.getLogger(__name__)
@@ -106,18 +117,6 @@ def decoder_eval_attention_scale(head_dim: int) -> float:
     return head_dim**-0.5 * math.sqrt(math.log(137) / math.log(20))
 
 
-def random_image_ids(
-    batch: int, views: int, generator: torch.Generator | None = None, num_rows: int = 1000
-) -> torch.Tensor:
-    """The official random view ids ``[B, N]`` long: id 0 for view 0, the others
-    ``randperm(num_rows - 1)[:N-1] + 1``, drawn separately for each batch element."""
-    if views > num_rows:
-        raise ValueError(f"{views} views exceed the {num_rows} image-index rows")
-    zero = torch.zeros(1, dtype=torch.long)
-    rows = [torch.cat([zero, torch.randperm(num_rows - 1, generator=generator)[: views - 1] + 1]) for _ in range(batch)]
-    return torch.stack(rows)
-
-
 class Fast3REncoder(nn.Module):
     """``images [V, 3, H, W] → tokens [V, P, enc_dim]`` (CroCo ViT with 2D RoPE)."""
 
@@ -140,38 +139,18 @@ class Fast3REncoder(nn.Module):
         return self.enc_norm(x)
 
 
-class Fast3RDecoder(nn.Module):
-    """Fusion transformer: global attention over the tokens of all views of a sample."""
+class Fast3RDecoder(GlobalFusion):
+    """The fusion decoder (``d3r.nn.GlobalFusion`` in the official layout: ``decoder_embed``, ``dec_blocks.*``,
+    ``dec_norm``): ``[B, N * P, enc_dim]`` encoder tokens + ``image_ids [B, N]`` → the hooked ``[B, N * P, C_k]``."""
 
     def __init__(self, config: Fast3RConfig) -> None:
-        super().__init__()
         head_dim = config.dec_dim // config.dec_heads
         eval_scale = decoder_eval_attention_scale(head_dim) if config.attn_bias_for_inference_enabled else None
-        self.decoder_embed = nn.Linear(config.enc_dim, config.dec_dim)
-        self.dec_blocks = nn.ModuleList(
-            Block(config.dec_dim, config.dec_heads, config.dec_mlp_ratio, qkv_bias=config.dec_qkv_bias,
-                  norm_eps=1e-5, attn_eval_scale=eval_scale)
-            for _ in range(config.dec_depth)
+        super().__init__(
+            config.enc_dim, config.dec_dim, config.dec_depth, config.dec_heads, config.hooks, config.num_image_ids,
+            mlp_ratio=config.dec_mlp_ratio, qkv_bias=config.dec_qkv_bias, attn_eval_scale=eval_scale,
+            blocks_name="dec_blocks", norm_name="dec_norm",
         )
-        self.dec_norm = nn.LayerNorm(config.dec_dim, eps=1e-6)
-        table = image_index_embedding(config.num_image_ids, config.dec_dim)
-        self.register_buffer("image_idx_emb", table, persistent=False)
-
-    def forward(self, enc_tokens: torch.Tensor, image_ids: torch.Tensor, hooks: tuple[int, ...]) -> list[torch.Tensor]:
-        """``enc_tokens [B, N, P, C]``, ``image_ids [B, N]`` → the hooked layers, each ``[B, N, P, C_k]``.
-
-        Layer 0 is ``enc_tokens`` itself; layer k is block k's output, ``dec_norm``-ed for the last block.
-        """
-        b, n, p, _ = enc_tokens.shape
-        x = self.decoder_embed(enc_tokens) + self.image_idx_emb[image_ids][:, :, None]
-        x = x.reshape(b, n * p, -1)
-        hooked = {0: enc_tokens} if 0 in hooks else {}
-        for depth, block in enumerate(self.dec_blocks, start=1):
-            x = block(x)
-            if depth in hooks:
-                out = self.dec_norm(x) if depth == len(self.dec_blocks) else x
-                hooked[depth] = out.reshape(b, n, p, -1)
-        return [hooked[h] for h in hooks]
 
 
 def _head(config: Fast3RConfig) -> DPTPointmapHead:
@@ -228,16 +207,19 @@ class Fast3R(nn.Module):
         b, n, _, height, width = images.shape
         views = images.reshape(b * n, 3, height, width)
         enc = torch.cat([self.encoder(chunk) for chunk in views.split(self.view_chunk)])
-        hooked = self.decoder(enc.reshape(b, n, *enc.shape[1:]), ids, self.config.hooks)
-        hooked = [h.reshape(b * n, *h.shape[2:]) for h in hooked]
-        outputs: dict[str, list[torch.Tensor]] = {key: [] for key in OUTPUT_KEYS}
-        for start in range(0, b * n, self.view_chunk):
-            tokens = [h[start : start + self.view_chunk] for h in hooked]
-            for head, suffix in ((self.downstream_head, "global"), (self.downstream_head_local, "local")):
-                pts, conf = head(tokens, (height, width))
-                outputs[f"pts3d_{suffix}"].append(pts)
-                outputs[f"conf_{suffix}"].append(conf)
-        return {key: torch.cat(parts).reshape(b, n, *parts[0].shape[1:]) for key, parts in outputs.items()}
+        patches = enc.shape[1]
+        hooked = self.decoder(enc.reshape(b, n * patches, -1), ids)  # [B, N*P, C_k] each
+        per_view = [h.reshape(b * n, patches, -1) for h in hooked]  # [B*N, P, C_k] each
+        outputs = run_in_view_chunks(partial(self.heads, image_size=(height, width)), per_view, self.view_chunk)
+        return {key: outputs[key].reshape(b, n, *outputs[key].shape[1:]) for key in OUTPUT_KEYS}
+
+    def heads(self, tokens: list[torch.Tensor], image_size: tuple[int, int]) -> dict[str, torch.Tensor]:
+        """Both DPT heads on hooked tokens ``[V, P, C_k]`` → ``pts3d_*`` ``[V, H, W, 3]``, ``conf_*`` ``[V, H, W]``."""
+        pts_global, conf_global = self.downstream_head(tokens, image_size)
+        pts_local, conf_local = self.downstream_head_local(tokens, image_size)
+        return {
+            "pts3d_global": pts_global, "conf_global": conf_global, "pts3d_local": pts_local, "conf_local": conf_local
+        }
 
 
 def build_fast3r(preset: str = "release", view_chunk: int = 25, **overrides: Any) -> Fast3R:
@@ -496,7 +478,8 @@ class Fast3RTeacher:
         for sample in images:
             digest = hashlib.sha256(f"{self.config.image_ids_seed}:".encode() + sample.cpu().numpy().tobytes())
             generator = torch.Generator().manual_seed(int.from_bytes(digest.digest()[:8], "little"))
-            rows.append(random_image_ids(1, images.shape[1], generator, self.model.config.num_image_ids))
+            ids = draw_image_ids(1, images.shape[1], self.model.config.num_image_ids, random=True, generator=generator)
+            rows.append(ids)
         return torch.cat(rows)
 
     def predict(
