@@ -275,3 +275,24 @@ def test_jobs_eval_entry_point_rejects_a_bad_config(capsys):
     spec.loader.exec_module(module)
     assert module.main(["--eval.split", "sometimes"]) == 2
     assert "eval.split" in capsys.readouterr().err
+
+
+def test_students_are_scored_on_the_teachers_pixels_cropped_to_their_patch(tmp_path):
+    """Views sized for a patch-16 teacher (64x48): the patch-14 student sees them centre-cropped to 56x42
+    instead of being rejected, and is scored against ground truth and the teacher cropped the same way."""
+    import torch
+
+    from d3r.eval.job import run_eval
+    from d3r.student import build_student
+    from d3r.student.checkpoint import save_student
+
+    torch.manual_seed(0)
+    checkpoint = save_student(build_student("tiny"), tmp_path / "tiny.pt")
+    config = _job_config(tmp_path, ["teacher", str(checkpoint)], figures=False)
+    config.scenes = config.scenes.model_copy(update={"render_size": (64, 48), "long_side": 64, "patch_size": 16})
+    report = run_eval(config)
+    assert not report.rejects
+    combos = {row.keys for row in report.means()}
+    assert combos == {("teacher", "gt"), ("student_tiny", "gt"), ("student_tiny", "teacher")}
+    means = {row.keys: row.metrics for row in report.means()}
+    assert means[("teacher", "gt")]["auc_30"] > 0.9  # the teacher itself still sees the full 64x48 views
