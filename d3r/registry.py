@@ -1,0 +1,193 @@
+"""The student in the MLflow model registry: a pyfunc model around a student checkpoint, and its aliases.
+
+- :class:`StudentModel`: the pyfunc. Its one artifact is a student checkpoint
+  (:func:`d3r.student.checkpoint.save_student`: weights and every spec field), loaded as tensors only.
+  ``predict({"images": uint8 [B, N, 3, H, W]})`` returns the four maps (float32 numpy):
+  ``pts3d_global``/``pts3d_local`` ``[B, N, H, W, 3]``, ``conf_global``/``conf_local`` ``[B, N, H, W]``.
+- :func:`log_student_model`: logs it in the active run as an MLflow "model from code"
+  (``d3r/registry_model.py``, passed by path, so nothing is cloudpickled), with a signature, a small
+  input example, pinned pip requirements and the ``d3r`` package as code, so
+  ``mlflow.pyfunc.load_model("models:/NAME@champion")`` works in a fresh process.
+- :func:`register_student`: registers a logged model, points alias ``candidate`` at it, and moves
+  ``champion`` to it only when its metric (lower is better) beats the current champion's value of the
+  same metric. A champion chosen by a different metric is kept: values of two metrics do not compare
+  (move it by hand with ``MlflowClient().set_registered_model_alias``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import torch
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.models.model import ModelInfo
+from mlflow.tracking import MlflowClient
+from mlflow.types.schema import Schema, TensorSpec
+
+import d3r
+from d3r.config import MlflowConfig
+from d3r.student.checkpoint import load_student
+from d3r.teachers.base import OUTPUT_KEYS
+
+logger = logging.getLogger(__name__)
+
+CANDIDATE = "candidate"
+CHAMPION = "champion"
+METRIC_TAG = "d3r.metric"
+VALUE_TAG = "d3r.metric_value"
+MODEL_CODE = Path(__file__).with_name("registry_model.py")
+# what the pyfunc imports when it loads (d3r itself travels as code)
+REQUIREMENTS = ("mlflow", "torch", "numpy", "pydantic", "pyyaml", "safetensors")
+
+SIGNATURE = ModelSignature(
+    inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, 3, -1, -1), "images")]),
+    outputs=Schema([
+        TensorSpec(np.dtype(np.float32), (-1, -1, -1, -1, 3) if key.startswith("pts3d") else (-1, -1, -1, -1), key)
+        for key in OUTPUT_KEYS
+    ]),
+)
+
+
+def _images(model_input: Any) -> np.ndarray:
+    """``{"images": uint8 [B, N, 3, H, W]}`` → the array; anything else raises a ValueError saying what is expected."""
+    if not isinstance(model_input, dict) or "images" not in model_input:
+        found = sorted(model_input) if isinstance(model_input, dict) else type(model_input).__name__
+        raise ValueError(f"d3r student: expected {{'images': uint8 [B, N, 3, H, W]}}, got {found}")
+    images = np.asarray(model_input["images"])
+    if images.dtype != np.uint8 or images.ndim != 5 or images.shape[2] != 3:
+        raise ValueError(f"d3r student: 'images' must be uint8 [B, N, 3, H, W], got {images.dtype} {images.shape}")
+    return images
+
+
+class StudentModel(mlflow.pyfunc.PythonModel):
+    """The pyfunc around a student checkpoint (artifact ``checkpoint``); runs on CUDA when there is one."""
+
+    def load_context(self, context: Any) -> None:
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.student = load_student(Path(context.artifacts["checkpoint"])).to(self.device).eval()
+
+    def predict(self, context: Any, model_input, params: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
+        """``{"images": uint8 [B, N, 3, H, W]}`` (H, W multiples of the patch) → the four maps (float32 numpy).
+
+        ``model_input`` has no type hint: MLflow would read one as a schema, and knows only ``list[...]``
+        (so MLflow warns once, on import, that ``predict`` lacks one; SIGNATURE checks the input instead).
+
+        Raises:
+            ValueError: for any other input (the message says what is expected).
+        """
+        images = torch.from_numpy(np.ascontiguousarray(_images(model_input))).to(self.device)
+        with torch.inference_mode():
+            outputs = self.student(images)
+        return {key: outputs[key].float().cpu().numpy() for key in OUTPUT_KEYS}
+
+
+def _requirements() -> list[str]:
+    return [f"{name}=={metadata.version(name).split('+')[0]}" for name in REQUIREMENTS]
+
+
+def _input_example(checkpoint_path: Path) -> dict[str, np.ndarray]:
+    """A small valid input: 1 sample of 2 views of 2x2 patches (``[1, 2, 3, 2p, 2p]`` uint8)."""
+    side = 2 * load_student(checkpoint_path).spec.patch_size
+    ramp = np.linspace(0, 255, side * side * 3, dtype=np.float64).reshape(3, side, side).astype(np.uint8)
+    return {"images": np.stack([ramp, ramp[:, ::-1]])[None]}
+
+
+def log_student_model(checkpoint_path: Path, *, name: str = "student") -> ModelInfo:
+    """Log the student checkpoint at ``checkpoint_path`` as a pyfunc model named ``name`` in the active run.
+
+    Raises:
+        FileNotFoundError, ValueError: when the file is not a loadable student checkpoint.
+    """
+    checkpoint_path = Path(checkpoint_path)
+    return mlflow.pyfunc.log_model(
+        name=name,
+        python_model=str(MODEL_CODE),
+        artifacts={"checkpoint": str(checkpoint_path)},
+        code_paths=[str(Path(d3r.__file__).parent)],
+        signature=SIGNATURE,
+        input_example=_input_example(checkpoint_path),
+        pip_requirements=_requirements(),
+    )
+
+
+@dataclass(frozen=True)
+class Registration:
+    """What :func:`register_student` did.
+
+    Attributes:
+        name, version: the registered model version.
+        champion: whether alias ``champion`` now points at it.
+        metric, value: the metric that decided (lower is better) and this version's value.
+        previous_champion: the former champion's value of the same metric (None: no champion, or one
+            chosen by another metric).
+        reason: why the champion moved or stayed, in words.
+    """
+
+    name: str
+    version: int
+    champion: bool
+    metric: str
+    value: float
+    previous_champion: float | None
+    reason: str = ""
+
+
+def _current_champion(client: MlflowClient, name: str) -> Any | None:
+    try:
+        return client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None
+
+
+def _decide(champion: Any | None, metric: str, value: float) -> tuple[bool, float | None, str]:
+    """(move champion?, the champion's value of ``metric`` or None, why)."""
+    if not math.isfinite(value):
+        return False, None, f"{metric}={value} is not finite; the champion stays"
+    if champion is None:
+        return True, None, "no champion yet"
+    their_metric = champion.tags.get(METRIC_TAG)
+    if their_metric != metric:
+        return False, None, (
+            f"champion version {champion.version} was chosen by {their_metric or 'no recorded metric'}, not {metric}; "
+            "values of different metrics do not compare, so it stays"
+        )
+    theirs = float(champion.tags[VALUE_TAG])
+    if value < theirs:
+        return True, theirs, f"{metric}={value:.6g} beats champion version {champion.version} ({theirs:.6g})"
+    return False, theirs, f"{metric}={value:.6g} does not beat champion version {champion.version} ({theirs:.6g})"
+
+
+def register_student(model_info: ModelInfo, config: MlflowConfig, metric: str, value: float) -> Registration:
+    """Register ``model_info`` as a new version of ``config.registered_model`` in the current registry.
+
+    Alias ``candidate`` always moves to the new version; ``champion`` moves only when ``value`` (of
+    ``metric``, lower is better) is below the current champion's value of the same metric, or when
+    there is no champion. The version carries ``metric`` and ``value`` as tags; the logging run gets
+    tags ``d3r.registry.*`` saying which metric decided and the outcome.
+    """
+    client = MlflowClient()
+    name = config.registered_model
+    version = mlflow.register_model(
+        model_info.model_uri, name, tags={METRIC_TAG: metric, VALUE_TAG: repr(float(value))}
+    )
+    number = int(version.version)
+    client.set_registered_model_alias(name, CANDIDATE, number)
+    champion = _current_champion(client, name)
+    move, previous, reason = _decide(champion, metric, float(value))
+    if move:
+        client.set_registered_model_alias(name, CHAMPION, number)
+    outcome = CHAMPION if move else CANDIDATE
+    logger.info("registered %s version %d as %s: %s", name, number, outcome, reason)
+    if model_info.run_id:
+        for key, text in (("model", name), ("version", str(number)), ("metric", metric),
+                          ("value", repr(float(value))), ("outcome", outcome), ("reason", reason)):
+            client.set_tag(model_info.run_id, f"d3r.registry.{key}", text)
+    return Registration(name, number, move, metric, float(value), previous, reason)
