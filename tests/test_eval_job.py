@@ -182,28 +182,26 @@ def job_run(tmp_path_factory):
 
     from d3r.eval.job import run_eval
     from d3r.student import build_student
+    from d3r.student.checkpoint import save_student
 
     root = tmp_path_factory.mktemp("eval_job")
     torch.manual_seed(0)
-    torch.save({"preset": "tiny", "state_dict": build_student("tiny").state_dict()}, root / "tiny.pt")
-    config = _job_config(root, ["teacher", str(root / "tiny.pt"), "models:/d3r-student@champion"])
-    _register_student(config, build_student("tiny"))
+    checkpoint = save_student(build_student("tiny"), root / "tiny.pt")
+    config = _job_config(root, ["teacher", str(checkpoint), "models:/d3r-student@champion"])
+    _register_student(config, checkpoint)
     return root, config, run_eval(config)
 
 
-def _register_student(config, student) -> None:
-    """A registered model as the registry will hold one: pytorch flavour, alias ``champion``."""
+def _register_student(config, checkpoint) -> None:
+    """A registered model as the training job leaves one: the pyfunc around a checkpoint, alias ``champion``."""
     import mlflow
-    from mlflow.tracking import MlflowClient
 
-    from d3r.tracking import artifact_location
+    from d3r.registry import log_student_model, register_student
+    from d3r.tracking import use_experiment
 
-    mlflow.set_tracking_uri(config.mlflow.tracking_uri)
-    experiment = mlflow.create_experiment("registry", artifact_location=artifact_location(config.mlflow.tracking_uri))
-    with mlflow.start_run(experiment_id=experiment):
-        info = mlflow.pytorch.log_model(student, name="student", registered_model_name="d3r-student",
-                                        serialization_format="pickle", pip_requirements=["torch"])
-    MlflowClient().set_registered_model_alias("d3r-student", "champion", info.registered_model_version)
+    with mlflow.start_run(experiment_id=use_experiment(config.mlflow.model_copy(update={"experiment": "registry"}))):
+        info = log_student_model(checkpoint)
+    assert register_student(info, config.mlflow, "val/gt/abs_rel", 1.0).champion
 
 
 def test_job_scores_teacher_and_student_against_gt_and_each_other(job_run):

@@ -3,12 +3,13 @@
 ``eval.models`` entries:
 
 - ``"teacher"``: the configured teacher (:func:`d3r.teachers.base.build_teacher`);
-- a path to a student checkpoint: a torch file holding ``{"preset": str, "state_dict": dict}``,
-  rebuilt with :func:`d3r.student.build_student`;
+- a path to a student checkpoint (:func:`d3r.student.checkpoint.save_student`: weights and every spec
+  field; the older ``{"preset", "state_dict"}`` layout too), rebuilt with
+  :func:`d3r.student.checkpoint.load_student`; it runs on ``eval.device``;
 - ``"models:/NAME@ALIAS"`` (or ``models:/NAME/VERSION``): a registered MLflow model in the
-  configured tracking/registry store. A ``pytorch`` flavour is loaded as a torch module and called
-  like the student; otherwise the pyfunc is used, with ``predict({"images": uint8 [B, N, 3, H, W]})``
-  returning a dict of the four maps (``d3r.teachers.base.OUTPUT_KEYS``).
+  configured tracking/registry store, loaded as a pyfunc (:class:`d3r.registry.StudentModel`, which
+  runs on CUDA when there is one) with ``predict({"images": uint8 [B, N, 3, H, W]})`` returning a dict
+  of the four maps (``d3r.teachers.base.OUTPUT_KEYS``).
 """
 
 from __future__ import annotations
@@ -107,35 +108,29 @@ def _label(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "model"
 
 
+def model_label(entry: str) -> str:
+    """The name an ``eval.models`` entry has in tables and metric keys (``teacher``, ``student_<file stem>``,
+    ``<NAME>_<ALIAS or VERSION>``)."""
+    if entry == TEACHER:
+        return TEACHER
+    if entry.startswith(REGISTRY_PREFIX):
+        return _label(entry[len(REGISTRY_PREFIX):])
+    return _label(f"student_{Path(entry).stem}")
+
+
 def load_student_checkpoint(path: Path, device: torch.device) -> Predict:
-    """A student from a checkpoint ``{"preset": str, "state_dict": dict}``.
+    """A student from a checkpoint file (see :func:`d3r.student.checkpoint.load_student`).
 
     Raises:
         FileNotFoundError: when ``path`` does not exist.
-        ValueError: naming the file when it is not such a checkpoint or its weights do not fit the preset.
+        ValueError: naming the file when it is not a student checkpoint or its weights do not fit its spec.
     """
-    from d3r.student import build_student
+    from d3r.student.checkpoint import load_student
 
-    if not path.is_file():
-        raise FileNotFoundError(f"eval.models: student checkpoint {path} does not exist")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several unrelated types for unreadable files
-        raise ValueError(f"eval.models: {path} is not a readable torch checkpoint ({exc})") from exc
-    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("preset"), str) or not isinstance(
-        checkpoint.get("state_dict"), dict
-    ):
-        keys = sorted(checkpoint) if isinstance(checkpoint, dict) else type(checkpoint).__name__
-        raise ValueError(f"eval.models: {path} must hold {{'preset': str, 'state_dict': dict}}, got {keys}")
-    student = build_student(checkpoint["preset"])
-    try:
-        student.load_state_dict(checkpoint["state_dict"])
-    except RuntimeError as exc:
-        raise ValueError(f"eval.models: {path}: weights do not fit preset {checkpoint['preset']!r}: {exc}") from exc
-    return _module_predict(student, device, str(path))
+    return _module_predict(load_student(path), device, str(path))
 
 
-def load_registered_model(uri: str, device: torch.device) -> Predict:
+def load_registered_model(uri: str) -> Predict:
     """A model from the MLflow registry of the current tracking URI (``models:/NAME@ALIAS``).
 
     Raises:
@@ -145,23 +140,20 @@ def load_registered_model(uri: str, device: torch.device) -> Predict:
     from mlflow.exceptions import MlflowException
 
     try:
-        info = mlflow.models.get_model_info(uri)
+        pyfunc = mlflow.pyfunc.load_model(uri)
     except (MlflowException, OSError) as exc:
         raise ValueError(
             f"eval.models: cannot load {uri!r} from the registry at {mlflow.get_tracking_uri()} ({exc}); "
             "register a model first, or pass a checkpoint path"
         ) from exc
-    if "pytorch" in info.flavors:
-        return _module_predict(mlflow.pytorch.load_model(uri, map_location="cpu"), device, uri)
-    return _pyfunc_predict(mlflow.pyfunc.load_model(uri), uri)
+    return _pyfunc_predict(pyfunc, uri)
 
 
 def load_model(entry: str, config: D3RConfig) -> EvaluatedModel:
     """The model named by one ``eval.models`` entry (see the module docstring)."""
-    device = _device(config.eval.device)
+    label = model_label(entry)
     if entry == TEACHER:
-        return EvaluatedModel(TEACHER, entry, True, _teacher_predict(build_teacher(config.teacher)))
+        return EvaluatedModel(label, entry, True, _teacher_predict(build_teacher(config.teacher)))
     if entry.startswith(REGISTRY_PREFIX):
-        return EvaluatedModel(_label(entry[len(REGISTRY_PREFIX):]), entry, False, load_registered_model(entry, device))
-    path = Path(entry)
-    return EvaluatedModel(_label(f"student_{path.stem}"), entry, False, load_student_checkpoint(path, device))
+        return EvaluatedModel(label, entry, False, load_registered_model(entry))
+    return EvaluatedModel(label, entry, False, load_student_checkpoint(Path(entry), _device(config.eval.device)))
