@@ -127,8 +127,21 @@ def test_tiny_fast3r_job_matches_the_teacher_run_directly(tmp_path: Path) -> Non
     assert '"name": "fast3r"' in row["teacher_fingerprint_json"]
     truth, _ = direct_outputs(config, row)
     decoded = decode_row(row)
-    np.testing.assert_array_equal(decoded["pts3d_local"], truth["pts3d_local"].astype(np.float16))
-    np.testing.assert_array_equal(decoded["conf_local"], truth["conf_local"].astype(np.float16))
+    for key in ("pts3d_local", "conf_local"):
+        assert_within_one_fp16_step(decoded[key], truth[key], key)
+
+
+def assert_within_one_fp16_step(decoded: np.ndarray, truth: np.ndarray, name: str) -> None:
+    """``decoded`` is ``truth`` stored as float16, up to one rounding step: the Ray actor and this process
+    run torch with other thread counts, so their float32 sums may differ in the last bits and round to
+    neighbouring float16 values. Most values must still match exactly."""
+    expected = truth.astype(np.float16)
+    assert decoded.shape == expected.shape, name
+    np.testing.assert_array_equal(decoded.astype(np.float16).astype(decoded.dtype), decoded, err_msg=name)
+    step = np.spacing(np.abs(expected)).astype(np.float32)  # the float16 step at each value's magnitude
+    off = np.abs(decoded.astype(np.float32) - expected.astype(np.float32))
+    assert np.all(off <= step), f"{name}: {int((off > step).sum())} values beyond one float16 step"
+    assert np.mean(off > 0) <= 0.01, f"{name}: {int((off > 0).sum())} of {off.size} values differ"
 
 
 def test_a_wrong_teacher_checkpoint_fails_before_any_work(tmp_path: Path) -> None:
