@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import os
+import struct
+import zlib
+
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 
-from d3r.scenes.images import ImageReadError, is_image_file, natural_key, read_image, read_image_size
+from d3r.scenes.images import (
+    ImageReadError,
+    ImageTooLargeError,
+    is_image_file,
+    natural_key,
+    read_image,
+    read_image_size,
+    read_stored_size,
+)
 
 
 def _gradient(width: int = 6, height: int = 4) -> np.ndarray:
@@ -100,3 +112,74 @@ def test_natural_key_and_suffixes():
     names = ["frame_10.jpg", "frame_2.jpg", "Frame_1.jpg", "frame_100.jpg"]
     assert sorted(names, key=natural_key) == ["Frame_1.jpg", "frame_2.jpg", "frame_10.jpg", "frame_100.jpg"]
     assert is_image_file("x.JPG") and is_image_file("y.webp") and not is_image_file("notes.txt")
+
+
+def test_a_symlink_loop_a_fifo_and_a_folder_are_named_for_what_they_are(tmp_path):
+    os.symlink("loop.png", tmp_path / "loop.png")
+    os.mkfifo(tmp_path / "pipe.png")  # opening it for reading would block until a writer comes
+    (tmp_path / "dir.png").mkdir()
+    with pytest.raises(ImageReadError, match=r"loop\.png: symlink loop"):
+        read_image(tmp_path / "loop.png")
+    for name in ("pipe.png", "dir.png"):
+        with pytest.raises(ImageReadError, match=rf"{name}: not a regular file"):
+            read_image_size(tmp_path / name)
+
+
+def test_a_file_the_os_refuses_to_open_says_permission_denied(tmp_path, monkeypatch):
+    """Root reads any file, so PIL's open is made to meet the PermissionError an unprivileged user gets
+    (tests/test_bad_inputs.py checks the kernel's answer as user nobody)."""
+    Image.fromarray(_gradient()).save(tmp_path / "a.png")
+    real_open = Image.open
+
+    def refuse(fp, *args, **kwargs):
+        if str(fp).endswith("a.png"):
+            raise PermissionError(13, "Permission denied", str(fp))
+        return real_open(fp, *args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", refuse)
+    with pytest.raises(ImageReadError, match=r"a\.png: cannot read file: permission denied"):
+        read_image(tmp_path / "a.png")
+
+
+def _png_header(width: int, height: int) -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+def test_a_header_beyond_pils_bomb_limit_is_named_not_bare(tmp_path):
+    (tmp_path / "bomb.png").write_bytes(_png_header(20000, 10000))  # 200M pixels in 57 bytes
+    for read in (read_image, read_image_size):
+        with pytest.raises(ImageTooLargeError, match=r"bomb\.png: more pixels than PIL opens .*200000000 pixels"):
+            read(tmp_path / "bomb.png")
+    with pytest.raises(ImageTooLargeError, match=r"bomb\.png"):
+        read_stored_size(tmp_path / "bomb.png")
+
+
+def _move_exif_after_data(data: bytes) -> bytes:
+    """The PNG ``data`` with its eXIf chunk moved after the image data (where PIL finds it only by decoding)."""
+    start = data.index(b"eXIf") - 4
+    end = start + 12 + struct.unpack(">I", data[start:start + 4])[0]
+    exif, rest = data[start:end], data[:start] + data[end:]
+    iend = rest.index(b"IEND") - 4
+    return rest[:iend] + exif + rest[iend:]
+
+
+def test_png_size_comes_from_the_header_without_decoding_unless_exif_follows_the_data(tmp_path, monkeypatch):
+    pixels = _gradient(6, 4)
+    Image.fromarray(pixels).save(tmp_path / "plain.png")
+    image = Image.fromarray(pixels)
+    exif = image.getexif()
+    exif[0x0112] = 6
+    image.save(tmp_path / "early.png", exif=exif.tobytes())
+    (tmp_path / "late.png").write_bytes(_move_exif_after_data((tmp_path / "early.png").read_bytes()))
+    loads = []
+    real_load = ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: (loads.append(self.format), real_load(self))[1])
+    assert read_image_size(tmp_path / "plain.png") == (6, 4)
+    assert read_image_size(tmp_path / "early.png") == (4, 6)
+    assert loads == []  # PIL's getexif() alone would decode both PNGs
+    assert read_image_size(tmp_path / "late.png") == (4, 6) == read_image(tmp_path / "late.png").shape[1::-1]
+    assert read_stored_size(tmp_path / "late.png") == (6, 4)
