@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from d3r.scenes.errors import NOT_UTF8
 from d3r.scenes.folders import list_folder_scenes
 from d3r.scenes.images import ImageReadError
 from d3r.scenes.video import VideoReadError, frame_indices, list_video_scenes, probe_video, video_scene
@@ -119,3 +121,51 @@ def test_frame_past_end_is_reported(tmp_path):
     late = scene.views[0].with_(meta={"frame_index": 50})
     with pytest.raises(VideoReadError, match=r"v\.mp4: video ends before frame 50"):
         late.load()
+
+
+def test_entries_that_cannot_be_used_are_rejects_naming_them(tmp_path):
+    _write_image(tmp_path / "scene" / "a.png", 1)
+    _write_image(tmp_path / "scene" / os.fsdecode(b"b\xff.png"), 2)  # not valid UTF-8
+    os.symlink("loop.png", tmp_path / "scene" / "loop.png")
+    os.symlink("gone.png", tmp_path / "scene" / "dangling.png")
+    os.mkfifo(tmp_path / "scene" / "pipe.png")
+    _write_image(tmp_path / os.fsdecode(b"caf\xe9") / "a.png", 3)
+    os.symlink("rootloop", tmp_path / "rootloop")
+    scenes = list(list_folder_scenes(tmp_path))
+    assert [(s.id, len(s)) for s in scenes] == [("caf\\xe9", 0), ("rootloop", 0), ("scene", 1)]
+    assert scenes[0].rejects == [(f"{tmp_path}/caf\\xe9", NOT_UTF8)]
+    assert scenes[1].rejects == [(f"{tmp_path}/rootloop", "symlink loop")]
+    assert sorted(scenes[2].rejects) == [
+        (f"{tmp_path}/scene/b\\xff.png", NOT_UTF8),
+        (f"{tmp_path}/scene/dangling.png", "broken symlink (its target gone.png does not exist)"),
+        (f"{tmp_path}/scene/loop.png", "symlink loop"),
+        (f"{tmp_path}/scene/pipe.png", "not a regular file or folder"),
+    ]
+    (flat,) = list(list_folder_scenes(tmp_path / "scene"))  # a flat folder keeps its rejects too
+    assert len(flat) == 1 and len(flat.rejects) == 4
+
+
+def test_a_folder_that_cannot_be_listed_is_a_reject(tmp_path, monkeypatch):
+    """Root lists any folder, so the listing is made to meet the PermissionError an unprivileged user
+    gets (tests/test_bad_inputs.py checks the kernel's answer as user nobody)."""
+    _write_image(tmp_path / "a.png", 1)
+    real_iterdir = Path.iterdir
+
+    def refuse(self):
+        if self == tmp_path:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_iterdir(self)
+
+    monkeypatch.setattr(Path, "iterdir", refuse)
+    (scene,) = list(list_folder_scenes(tmp_path))
+    assert scene.views == [] and scene.rejects == [(str(tmp_path), "cannot read folder: permission denied")]
+
+
+def test_video_entries_that_cannot_be_used_are_rejects(tmp_path):
+    _write_video(tmp_path / "good.mp4", 2)
+    os.symlink("loop.mp4", tmp_path / "loop.mp4")
+    _write_video(tmp_path / os.fsdecode(b"clip\xff.mp4"), 2)
+    scenes = list(list_video_scenes(tmp_path, stride=1))
+    assert [(s.id, len(s)) for s in scenes] == [("clip\\xff.mp4", 0), ("loop.mp4", 0), ("good", 2)]
+    assert [s.rejects for s in scenes[:2]] == [[(f"{tmp_path}/clip\\xff.mp4", NOT_UTF8)],
+                                                [(f"{tmp_path}/loop.mp4", "symlink loop")]]

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from PIL import Image
 
 from d3r.config import ConfigError, ScenesConfig
+from d3r.scenes.errors import NOT_UTF8
+from d3r.scenes.records import Scene, View
 from d3r.scenes.sampling import sample_scene
-from d3r.scenes.sources import SOURCES, list_scenes
+from d3r.scenes.sources import SOURCES, list_scenes, names_as_text
 
 
 def _image(path, value=0):
@@ -155,3 +159,27 @@ def test_sample_ids_depend_on_where_the_content_comes_from(tmp_path):
     assert seed0 == _sample_ids(ScenesConfig(**synthetic, seed=0))
     assert not seed0 & _sample_ids(ScenesConfig(**synthetic, seed=1))
     assert not seed0 & _sample_ids(ScenesConfig(**synthetic, seed=0, render_size=(64, 48)))
+
+
+def test_a_root_that_is_not_utf8_or_a_symlink_loop_fails_at_once_naming_scenes_root(tmp_path):
+    bad = tmp_path / os.fsdecode(b"caf\xe9")
+    _image(bad / "scene" / "a.png")
+    with pytest.raises(ConfigError, match=r"scenes\.root: .*caf\\xe9: name is not valid UTF-8"):
+        list_scenes(ScenesConfig(source="folders", root=bad))
+    os.symlink("loop", tmp_path / "loop")
+    with pytest.raises(ConfigError, match=r"scenes\.root: .*loop cannot be used: symlink loop"):
+        list_scenes(ScenesConfig(source="folders", root=tmp_path / "loop"))
+
+
+def test_names_that_are_not_utf8_never_leave_a_source(tmp_path):
+    """Readers reject such file names while listing; names_as_text holds for names from anywhere else
+    (a JSON annotation may carry an escaped lone surrogate)."""
+    bad_name = os.fsdecode(b"fr\xff")
+    views = [View(name="ok", path=str(tmp_path / "ok.png")),
+             View(name=bad_name, path=str(tmp_path / f"{bad_name}.png"))]
+    scene = names_as_text(Scene(id="s", source="co3d", views=views, rejects=[(str(tmp_path / bad_name), "odd")]))
+    assert [v.name for v in scene.views] == ["ok"]
+    assert scene.rejects == [(f"{tmp_path}/fr\\xff", "odd"), (f"{tmp_path}/fr\\xff.png", NOT_UTF8)]
+    whole = names_as_text(Scene(id=bad_name, source="folders", views=views[:1], meta={"folder": str(tmp_path)}))
+    assert (whole.id, whole.views, whole.rejects) == ("fr\\xff", [], [(str(tmp_path), NOT_UTF8)])
+    assert all(text.encode("utf-8") for item in (*scene.rejects, *whole.rejects) for text in item)

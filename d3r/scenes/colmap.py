@@ -31,8 +31,8 @@ import numpy as np
 from PIL import Image
 from scipy.spatial.transform import Rotation
 
-from d3r.scenes.errors import InputFileError
-from d3r.scenes.folders import sorted_entries
+from d3r.scenes.errors import InputFileError, display_path, os_error_reason
+from d3r.scenes.folders import Rejects, sorted_entries
 from d3r.scenes.images import ImageReadError, natural_key, read_image, read_image_size
 from d3r.scenes.records import Scene, View
 
@@ -475,23 +475,31 @@ def read_colmap_scene(scene_dir: Path, scene_id: str | None = None) -> Scene:
     return Scene(id=scene_id, source="colmap", views=views, meta=meta, rejects=rejects)
 
 
-def find_colmap_scenes(root: Path, max_depth: int = 4) -> list[Path]:
+def find_colmap_scenes(root: Path, rejects: Rejects | None = None, max_depth: int = 4) -> list[Path]:
     """Scene folders under ``root``: ``root`` itself when it holds a model, else the folders below that do.
+
+    Entries that cannot be used (see :func:`~d3r.scenes.folders.sorted_entries`) are appended to
+    ``rejects`` when given, else only logged.
 
     Raises:
         ValueError: when ``root`` is not a folder.
     """
     root = Path(root)
+    rejects = [] if rejects is None else rejects
     if not root.is_dir():
-        raise ValueError(f"COLMAP root {root} is not a folder")
-    if model_dir(root) is not None:
-        return [root]
+        raise ValueError(f"COLMAP root {display_path(root)} is not a folder")
+    try:
+        if model_dir(root) is not None:
+            return [root]
+    except OSError as exc:
+        rejects.append((display_path(root), os_error_reason(exc)))
+        return []
     if max_depth == 0:
         return []
     found: list[Path] = []
-    for entry in sorted_entries(root):
+    for entry in sorted_entries(root, rejects):
         if entry.is_dir() and entry.name not in ("images", "depths", "stereo"):
-            found.extend(find_colmap_scenes(entry, max_depth - 1))
+            found.extend(find_colmap_scenes(entry, rejects, max_depth - 1))
     return found
 
 

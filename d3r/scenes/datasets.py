@@ -53,8 +53,8 @@ import numpy as np
 from PIL import Image
 from scipy.spatial.transform import Rotation
 
-from d3r.scenes.errors import InputFileError
-from d3r.scenes.folders import sorted_entries
+from d3r.scenes.errors import InputFileError, display_path, os_error_reason
+from d3r.scenes.folders import Rejects, rejected_scenes, sorted_entries
 from d3r.scenes.images import is_image_file, natural_key, read_image
 from d3r.scenes.records import Scene, View
 
@@ -159,16 +159,21 @@ def _pose_from_w2c(rotation: np.ndarray, translation: np.ndarray) -> np.ndarray:
     return np.linalg.inv(w2c)
 
 
-def _find_dirs(root: Path, is_match: Callable[[Path], bool], max_depth: int = 6) -> list[Path]:
-    """Folders under ``root`` (itself included) for which ``is_match`` holds; no descent into matches."""
-    if is_match(root):
-        return [root]
+def _find_dirs(root: Path, is_match: Callable[[Path], bool], rejects: Rejects, max_depth: int = 6) -> list[Path]:
+    """Folders under ``root`` (itself included) for which ``is_match`` holds; no descent into matches.
+    Entries that cannot be used are appended to ``rejects`` (see :func:`~d3r.scenes.folders.sorted_entries`)."""
+    try:
+        if is_match(root):
+            return [root]
+    except OSError as exc:
+        rejects.append((display_path(root), os_error_reason(exc)))
+        return []
     if max_depth == 0:
         return []
     found: list[Path] = []
-    for entry in sorted_entries(root):
+    for entry in sorted_entries(root, rejects):
         if entry.is_dir():
-            found.extend(_find_dirs(entry, is_match, max_depth - 1))
+            found.extend(_find_dirs(entry, is_match, rejects, max_depth - 1))
     return found
 
 
@@ -176,10 +181,10 @@ def _scene_id(root: Path, folder: Path) -> str:
     return folder.relative_to(root).as_posix() if folder != root else root.name
 
 
-def _images_in(folder: Path, skip: Callable[[Path], bool] = lambda p: False) -> list[Path]:
+def _images_in(folder: Path, rejects: Rejects, skip: Callable[[Path], bool] = lambda p: False) -> list[Path]:
     if not folder.is_dir():
         return []
-    return [p for p in sorted_entries(folder) if p.is_file() and is_image_file(p) and not skip(p)]
+    return [p for p in sorted_entries(folder, rejects) if p.is_file() and is_image_file(p) and not skip(p)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -251,15 +256,19 @@ def _co3d_annotated_scenes(root: Path, category: Path, annotations: Path) -> Ite
 
 def list_co3d_scenes(root: Path) -> Iterator[Scene]:
     """CO3D v2 sequences under ``root`` (a folder of category folders)."""
-    for category in (p for p in sorted_entries(root) if p.is_dir()):
+    rejects: Rejects = []
+    for category in (p for p in sorted_entries(root, rejects) if p.is_dir()):
         annotations = category / "frame_annotations.jgz"
         if annotations.is_file():
             yield from _co3d_annotated_scenes(root, category, annotations)
             continue
-        for sequence in (p for p in sorted_entries(category) if (p / "images").is_dir()):
-            views = [_view(p.stem, p) for p in _images_in(sequence / "images")]
+        for sequence in (p for p in sorted_entries(category, rejects) if (p / "images").is_dir()):
+            images_rejects: Rejects = []
+            views = [_view(p.stem, p) for p in _images_in(sequence / "images", images_rejects)]
             yield Scene(id=f"{category.name}/{sequence.name}", source="co3d", views=views,
-                        meta={"category": category.name, "note": "no frame_annotations.jgz: images only"})
+                        meta={"category": category.name, "note": "no frame_annotations.jgz: images only"},
+                        rejects=images_rejects)
+    yield from rejected_scenes(rejects, "co3d")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -271,9 +280,10 @@ def _scannetpp_scene(scene_dir: Path) -> Scene:
     images_dir = dslr / "resized_images"
     transforms_path = dslr / "nerfstudio" / "transforms.json"
     if not transforms_path.is_file():
-        views = [_view(p.stem, p) for p in _images_in(images_dir)]
+        images_rejects: Rejects = []
+        views = [_view(p.stem, p) for p in _images_in(images_dir, images_rejects)]
         return Scene(id=scene_dir.name, source="scannetpp", views=views,
-                     meta={"note": "no dslr/nerfstudio/transforms.json: images only"})
+                     meta={"note": "no dslr/nerfstudio/transforms.json: images only"}, rejects=images_rejects)
     try:
         transforms = json.loads(transforms_path.read_text())
         K = np.array([[transforms["fl_x"], 0.0, transforms["cx"] - 0.5],
@@ -303,8 +313,10 @@ def _scannetpp_scene(scene_dir: Path) -> Scene:
 def list_scannetpp_scenes(root: Path) -> Iterator[Scene]:
     """ScanNet++ DSLR scenes under ``root`` (the dataset root or its ``data`` folder)."""
     data = root / "data" if (root / "data").is_dir() else root
-    for scene_dir in (p for p in sorted_entries(data) if (p / "dslr").is_dir()):
+    rejects: Rejects = []
+    for scene_dir in (p for p in sorted_entries(data, rejects) if (p / "dslr").is_dir()):
         yield _scannetpp_scene(scene_dir)
+    yield from rejected_scenes(rejects, "scannetpp")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -352,7 +364,7 @@ def _arkit_scene(frames_dir: Path) -> Scene:
         except (OSError, ValueError) as exc:
             rejects.append((str(traj), f"unreadable trajectory: {exc}"))
     views = []
-    for path in _images_in(frames_dir / "lowres_wide"):
+    for path in _images_in(frames_dir / "lowres_wide", rejects):
         K = pose = size = None
         pincam = frames_dir / "lowres_wide_intrinsics" / f"{path.stem}.pincam"
         if pincam.is_file():
@@ -375,8 +387,10 @@ def _arkit_scene(frames_dir: Path) -> Scene:
 
 def list_arkitscenes_scenes(root: Path) -> Iterator[Scene]:
     """ARKitScenes videos under ``root``: every folder holding ``lowres_wide/``."""
-    for frames_dir in _find_dirs(root, lambda p: (p / "lowres_wide").is_dir()):
+    rejects: Rejects = []
+    for frames_dir in _find_dirs(root, lambda p: (p / "lowres_wide").is_dir(), rejects):
         yield _arkit_scene(frames_dir)
+    yield from rejected_scenes(rejects, "arkitscenes")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -385,14 +399,16 @@ def list_arkitscenes_scenes(root: Path) -> Iterator[Scene]:
 
 def list_megadepth_scenes(root: Path) -> Iterator[Scene]:
     """MegaDepth v1 reconstructions: ``SCENE/dense*/imgs`` with ``depths/*.h5`` (relative scale)."""
-    for dense in _find_dirs(root, lambda p: p.name.startswith("dense") and (p / "imgs").is_dir(), max_depth=3):
-        views = []
-        for path in _images_in(dense / "imgs"):
+    rejects: Rejects = []
+    for dense in _find_dirs(root, lambda p: p.name.startswith("dense") and (p / "imgs").is_dir(), rejects, 3):
+        views, images_rejects = [], []
+        for path in _images_in(dense / "imgs", images_rejects):
             depth_path = dense / "depths" / f"{path.stem}.h5"
             views.append(_view(path.stem, path, depth_reader=read_h5_depth if depth_path.is_file() else None,
                                depth_args=(str(depth_path),), depth_units="relative (unknown per-scene scale)"))
         yield Scene(id=_scene_id(root, dense), source="megadepth", views=views,
-                    meta={"note": "depth up to scale; no K or poses in this layout"})
+                    meta={"note": "depth up to scale; no K or poses in this layout"}, rejects=images_rejects)
+    yield from rejected_scenes(rejects, "megadepth")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -416,7 +432,7 @@ def read_mvsnet_cam(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def _blendedmvs_scene(scene_dir: Path) -> Scene:
     views, rejects = [], []
-    for path in _images_in(scene_dir / "blended_images", skip=lambda p: p.stem.endswith("_masked")):
+    for path in _images_in(scene_dir / "blended_images", rejects, skip=lambda p: p.stem.endswith("_masked")):
         cam = scene_dir / "cams" / f"{path.stem}_cam.txt"
         K = pose = None
         if cam.is_file():
@@ -432,8 +448,10 @@ def _blendedmvs_scene(scene_dir: Path) -> Scene:
 
 def list_blendedmvs_scenes(root: Path) -> Iterator[Scene]:
     """BlendedMVS scenes: every folder under ``root`` holding ``blended_images/``."""
-    for scene_dir in _find_dirs(root, lambda p: (p / "blended_images").is_dir(), max_depth=3):
+    rejects: Rejects = []
+    for scene_dir in _find_dirs(root, lambda p: (p / "blended_images").is_dir(), rejects, 3):
         yield _blendedmvs_scene(scene_dir)
+    yield from rejected_scenes(rejects, "blendedmvs")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -455,7 +473,7 @@ def read_habitat_camera(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def _habitat_scene(root: Path, scene_dir: Path) -> Scene:
     views, rejects = [], []
-    for cam in sorted(scene_dir.glob("*_camera_params.json"), key=lambda p: natural_key(p.name)):
+    for cam in (p for p in sorted_entries(scene_dir, rejects) if p.name.endswith("_camera_params.json")):
         stem = cam.name.removesuffix("_camera_params.json")
         candidates = (scene_dir / f"{stem}{suffix}" for suffix in (".jpeg", ".jpg", ".png"))
         image = next((p for p in candidates if p.is_file()), None)
@@ -474,8 +492,10 @@ def _habitat_scene(root: Path, scene_dir: Path) -> Scene:
 
 def list_habitat_scenes(root: Path) -> Iterator[Scene]:
     """Habitat stills: every folder under ``root`` holding ``*_camera_params.json`` files."""
-    for scene_dir in _find_dirs(root, lambda p: next(p.glob("*_camera_params.json"), None) is not None):
+    rejects: Rejects = []
+    for scene_dir in _find_dirs(root, lambda p: next(p.glob("*_camera_params.json"), None) is not None, rejects):
         yield _habitat_scene(root, scene_dir)
+    yield from rejected_scenes(rejects, "habitat")
 
 
 DATASET_READERS: dict[str, Callable[[Path], Iterator[Scene]]] = {

@@ -8,6 +8,7 @@ scene rejects and the listing goes on.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import logging
 from collections.abc import Callable, Iterator
@@ -15,7 +16,8 @@ from pathlib import Path
 
 from d3r.config import ConfigError, ScenesConfig
 from d3r.scenes.datasets import DATASET_READERS
-from d3r.scenes.folders import list_folder_scenes
+from d3r.scenes.errors import NOT_UTF8, display_path, is_utf8, os_error_reason
+from d3r.scenes.folders import Rejects, list_folder_scenes, rejected_scenes
 from d3r.scenes.records import Scene
 from d3r.scenes.video import list_video_scenes
 
@@ -40,13 +42,15 @@ def _colmap(config: ScenesConfig) -> Iterator[Scene]:
     from d3r.scenes.colmap import find_colmap_scenes, read_colmap_scene
 
     root = config.root
-    for scene_dir in find_colmap_scenes(root):
+    rejects: Rejects = []
+    for scene_dir in find_colmap_scenes(root, rejects):
         scene_id = scene_dir.relative_to(root).as_posix() if scene_dir != root else root.name
         try:
             yield read_colmap_scene(scene_dir, scene_id)
         except (OSError, ValueError) as exc:
             logger.info("skipping COLMAP scene %s: %s", scene_dir, exc)
             yield Scene(id=scene_id, source="colmap", views=[], rejects=[(str(scene_dir), str(exc))])
+    yield from rejected_scenes(rejects, "colmap")
 
 
 def _dataset(name: str) -> Callable[[ScenesConfig], Iterator[Scene]]:
@@ -79,8 +83,13 @@ def check_source(config: ScenesConfig) -> None:
     root = config.root
     if root is None:
         raise ConfigError(f"scenes.root is required for scenes.source={config.source!r}")
-    if not Path(root).exists():
-        raise ConfigError(f"scenes.root: {root} does not exist (scenes.source={config.source!r})")
+    if not is_utf8(root):
+        raise ConfigError(f"scenes.root: {display_path(root)}: {NOT_UTF8} (scenes.source={config.source!r})")
+    try:
+        Path(root).stat()
+    except OSError as exc:
+        reason = "does not exist" if exc.errno == errno.ENOENT else f"cannot be used: {os_error_reason(exc, 'folder')}"
+        raise ConfigError(f"scenes.root: {root} {reason} (scenes.source={config.source!r})") from None
     if not Path(root).is_dir() and config.source not in _FILE_ROOT_SOURCES:
         raise ConfigError(f"scenes.root: {root} is not a folder (scenes.source={config.source!r} needs one)")
 
@@ -99,8 +108,30 @@ def source_origin(config: ScenesConfig) -> str:
     return json.dumps(values, sort_keys=True, default=list)
 
 
+def names_as_text(scene: Scene) -> Scene:
+    """``scene`` holding only names that are valid UTF-8 (ids, view names and paths go into Arrow, JSON
+    and hashes as text): a view whose name or file is not becomes a reject, and a scene whose id is not
+    keeps no views. Readers already reject such file names while listing; this holds for any source."""
+    rejects = [(display_path(item), display_path(reason)) for item, reason in scene.rejects]
+    if not is_utf8(scene.id):
+        folder = scene.meta.get("folder", scene.id)
+        return Scene(id=display_path(scene.id), source=scene.source, views=[],
+                     rejects=[*rejects, (display_path(folder), NOT_UTF8)])
+    views = []
+    for view in scene.views:
+        if is_utf8(view.name) and is_utf8(view.path or ""):
+            views.append(view)
+        else:
+            rejects.append((display_path(view.path or view.name), NOT_UTF8))
+    if len(views) == len(scene.views) and rejects == scene.rejects:
+        return scene
+    return dataclasses.replace(scene, views=views, rejects=rejects)
+
+
 def list_scenes(config: ScenesConfig) -> Iterator[Scene]:
     """Lazy scenes of ``config.source`` under ``config.root`` (views carry loaders, not pixels).
+
+    Every scene holds only valid UTF-8 names (see :func:`names_as_text`).
 
     Raises:
         ConfigError: at the call, before any listing, for an unknown source or a bad root.
@@ -109,4 +140,4 @@ def list_scenes(config: ScenesConfig) -> Iterator[Scene]:
     if config.root is not None:
         config = config.model_copy(update={"root": Path(config.root)})
     origin = source_origin(config)
-    return (dataclasses.replace(scene, origin=origin) for scene in SOURCES[config.source](config))
+    return (dataclasses.replace(names_as_text(scene), origin=origin) for scene in SOURCES[config.source](config))

@@ -19,8 +19,8 @@ from pathlib import Path
 import av
 import numpy as np
 
-from d3r.scenes.errors import InputFileError
-from d3r.scenes.images import natural_key
+from d3r.scenes.errors import InputFileError, os_error_reason
+from d3r.scenes.folders import rejected_scenes, sorted_entries
 from d3r.scenes.records import Scene, View
 
 logger = logging.getLogger(__name__)
@@ -52,7 +52,11 @@ def probe_video(path: Path) -> VideoInfo:
     Raises:
         VideoReadError: when the file is empty, not a video, or has no video stream.
     """
-    if path.stat().st_size == 0:
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise VideoReadError(path, os_error_reason(exc)) from None
+    if size == 0:
         raise VideoReadError(path, "file is empty (0 bytes)")
     try:
         with av.open(str(path)) as container:
@@ -69,7 +73,8 @@ def probe_video(path: Path) -> VideoInfo:
             num_frames = stream.frames or round(duration * float(rate))
             size = (stream.codec_context.width, stream.codec_context.height)
     except av.FFmpegError as exc:
-        raise VideoReadError(path, f"not a readable video: {exc}") from None
+        reason = os_error_reason(exc) if isinstance(exc, OSError) and exc.errno else f"not a readable video: {exc}"
+        raise VideoReadError(path, reason) from None
     if num_frames <= 0:
         raise VideoReadError(path, "video has no frames")
     return VideoInfo(num_frames=num_frames, rate=Fraction(rate), duration=duration, size=size)
@@ -143,10 +148,13 @@ def video_scene(path: Path, stride: int | None = None, fps: float | None = None)
 
 
 def list_video_scenes(root: Path, stride: int | None = None, fps: float | None = None) -> Iterator[Scene]:
-    """Scenes from ``root``: a video file, or every video file directly in the folder ``root``."""
+    """Scenes from ``root``: a video file, or every video file directly in the folder ``root``
+    (an entry that cannot be used comes as a scene with no views and its reject)."""
     if root.is_file():
         yield video_scene(root, stride, fps)
         return
-    paths = sorted((p for p in root.iterdir() if p.is_file() and is_video_file(p)), key=lambda p: natural_key(p.name))
+    rejects: list[tuple[str, str]] = []
+    paths = [p for p in sorted_entries(root, rejects) if p.is_file() and is_video_file(p)]
+    yield from rejected_scenes(rejects, "video")
     for path in paths:
         yield video_scene(path, stride, fps)
