@@ -165,3 +165,28 @@ def test_load_sample_errors_name_the_file(tmp_path):
     with pytest.raises(SampleError, match=r"f1\.png") as info:
         load_sample(good, sample, config)
     assert info.value.sample_id == sample.id
+
+
+def test_generated_views_are_made_once_and_checked_against_every_limit():
+    """A view no header describes (a generator's) is loaded to learn its size, then used as loaded."""
+    made: list[str] = []
+
+    def render(view: View) -> View:
+        made.append(view.name)
+        width, height = view.meta["render"]
+        return view.with_(image=np.zeros((height, width, 3), dtype=np.uint8))
+
+    def scene(*sizes) -> Scene:
+        views = [View(name=f"v{i}", loader=render, meta={"render": size}) for i, size in enumerate(sizes)]
+        return Scene(id="gen", source="synthetic", views=views)
+
+    config = _config(long_side=64, patch_size=16, views_per_sample=2, max_samples_per_scene=1)
+    good = scene((64, 48), (80, 60))
+    assert [v.image.shape for v in load_sample(good, sample_scene(good, config)[0], config)] == [(48, 64, 3)] * 2
+    assert made == ["v0", "v1"]
+    for sizes, limit in [(((64, 48), (300, 20)), "scenes.max_aspect_ratio=8.0"),
+                         (((64, 48), (10, 8)), "scenes.max_upscale=4.0"),
+                         (((64, 48), (2000, 1500)), "scenes.max_pixels=1000000")]:
+        bad = scene(*sizes)
+        with pytest.raises(SampleError, match=rf"view 'v1': \d+x\d+ .*{limit}"):
+            load_sample(bad, sample_scene(bad, config)[0], config.model_copy(update={"max_pixels": 1_000_000}))

@@ -3,7 +3,7 @@
 ``list``: one row per scene (views, samples, rejects, split) and a total row for the source;
 ``show``: one row per view of one scene (size, whether K, pose and depth are known), then the
 scene's rejects. Listing reads no pixels; ``show`` reads image headers, and loads a view only
-when neither its reader nor its file header gives its size.
+when neither its file header nor its reader gives its size.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from d3r.config import ConfigError, D3RConfig
-from d3r.scenes.images import ImageReadError, is_image_file, read_image_size
+from d3r.scenes.images import ImageReadError
+from d3r.scenes.limits import header_size
 from d3r.scenes.records import Scene, View
 from d3r.scenes.sampling import sample_scene, split_for_scene
 from d3r.scenes.sources import list_scenes
@@ -50,15 +51,9 @@ def format_scene_list(config: D3RConfig) -> str:
 
 
 def view_size(view: View) -> tuple[int, int]:
-    """(W, H) of a view: from its reader's metadata, its file header, or (last resort) by loading it."""
-    if "size" in view.meta:
-        width, height = view.meta["size"]
-        return int(width), int(height)
-    if view.image is not None:
-        return view.size
-    if view.path is not None and is_image_file(view.path):
-        return read_image_size(view.path)
-    return view.load().size
+    """(W, H) of a view: from its header (:func:`~d3r.scenes.limits.header_size`), else by loading it."""
+    size = header_size(view)
+    return size if size is not None else view.load().size
 
 
 def _find_scene(config: D3RConfig, scene_id: str) -> Scene:

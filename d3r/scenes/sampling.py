@@ -22,7 +22,8 @@ A view's image size for projection is ``view.meta["size"]`` (W, H) when the read
 else ``(2·cx + 1, 2·cy + 1)`` from K.
 
 A scene too short for one sample, or unfit for the strategy, yields no samples and gets a reject
-entry ``(scene id, reason)`` appended to ``scene.rejects`` (once), so the rejects table sees it.
+entry ``(scene id, reason)`` appended to ``scene.rejects`` (once), so the rejects table sees it;
+a scene with no views whose listing rejects already say why gets no second one.
 """
 
 from __future__ import annotations
@@ -37,7 +38,9 @@ import numpy as np
 
 from d3r.config import ScenesConfig
 from d3r.geometry import pixels_to_points, project, transform_points
-from d3r.scenes.preprocess import preprocess_views
+from d3r.scenes.errors import InputFileError, display_path
+from d3r.scenes.limits import ImageLimitError, check_upscale, image_size_within_limits
+from d3r.scenes.preprocess import preprocess_views, target_size
 from d3r.scenes.records import Scene, View
 
 logger = logging.getLogger(__name__)
@@ -215,7 +218,8 @@ def sample_scene(scene: Scene, config: ScenesConfig) -> list[Sample]:
     ``config.max_samples_per_scene``. An unfit scene gives ``[]`` and a reject entry."""
     reason = _unfit_reason(scene, config)
     if reason is not None:
-        _reject(scene, reason)
+        if scene.views or not scene.rejects:  # a scene with no views and rejects already says why
+            _reject(scene, reason)
         return []
     n, cap, num_views = config.views_per_sample, config.max_samples_per_scene, len(scene.views)
     if config.sampling == "consecutive":
@@ -240,34 +244,71 @@ def sample_scene(scene: Scene, config: ScenesConfig) -> list[Sample]:
     return samples
 
 
+def _view_error(sample: Sample, view: View, exc: Exception) -> SampleError:
+    """``exc`` met on one view, as a :class:`SampleError` naming the sample, the view and its file."""
+    path = display_path(view.path) if view.path else None
+    own = isinstance(exc, InputFileError) and exc.path in (path, view.name)
+    label = f"view {view.name!r}" + (f" ({path})" if path else "")
+    return SampleError(sample.id, f"{label}: {exc.reason if own else exc}")
+
+
 def _load_view(view: View, sample: Sample) -> View:
     try:
         loaded = view.load()
     except (OSError, ValueError) as exc:
-        raise SampleError(sample.id, f"view {view.name!r} ({view.path}): {exc}") from exc
+        raise _view_error(sample, view, exc) from exc
     if loaded.depth is not None and loaded.depth.shape != loaded.image.shape[:2]:
         h, w = loaded.image.shape[:2]
         dh, dw = loaded.depth.shape
-        raise SampleError(sample.id, f"view {view.name!r} ({view.path}): depth map is {dw}x{dh}, image is {w}x{h}")
+        raise _view_error(sample, view, ValueError(f"depth map is {dw}x{dh}, image is {w}x{h}"))
     return loaded
+
+
+def _within_limits(views: list[View], sample: Sample, config: ScenesConfig) -> list[View]:
+    """``views`` after checking every one's header size against the ``scenes.max_*`` limits and its
+    enlargement to the sample's size (see :mod:`d3r.scenes.limits`); nothing is decoded or resampled
+    yet, except generated views that no header describes (returned loaded)."""
+    sized = []
+    for view in views:
+        try:
+            sized.append(image_size_within_limits(view, config))
+        except (OSError, ValueError) as exc:
+            raise _view_error(sample, view, exc) from exc
+    first, first_size = sized[0]
+    try:
+        target = target_size(*first_size, config.long_side, config.patch_size)
+    except ValueError as exc:
+        raise _view_error(sample, first, exc) from exc
+    for view, size in sized:
+        try:
+            check_upscale(view.path or view.name, size, target, config)
+        except ImageLimitError as exc:
+            raise _view_error(sample, view, exc) from exc
+    return [view for view, _ in sized]
 
 
 def load_sample(scene: Scene, sample: Sample, config: ScenesConfig) -> list[View]:
     """The sample's views loaded and preprocessed to one size (``config.long_side``, ``config.patch_size``).
 
+    Every view's size is checked from its header against ``scenes.max_pixels``,
+    ``scenes.max_aspect_ratio`` and ``scenes.max_upscale`` before any view is decoded.
+
     Returns:
         views with ``image`` ``[H, W, 3]`` uint8, ``depth`` ``[H, W]`` and K at the preprocessed size.
 
     Raises:
-        SampleError: naming the sample and the view's file when a view cannot be read, its depth
-            does not match its image, or it cannot be preprocessed.
+        SampleError: naming the sample and the view's file when a view is over a limit, cannot be
+            read, its depth does not match its image, or it cannot be preprocessed.
     """
     views = []
     for index, name in zip(sample.view_indices, sample.view_names, strict=True):
         if index >= len(scene.views) or scene.views[index].name != name:
             raise SampleError(sample.id, f"scene {scene.id} has no view {name!r} at position {index}")
-        views.append(_load_view(scene.views[index], sample))
+        views.append(scene.views[index])
+    if not views:
+        return []
+    loaded = [_load_view(view, sample) for view in _within_limits(views, sample, config)]
     try:
-        return preprocess_views(views, config.long_side, config.patch_size)
+        return preprocess_views(loaded, config.long_side, config.patch_size)
     except ValueError as exc:
         raise SampleError(sample.id, f"scene {scene.id}: {exc}") from exc
