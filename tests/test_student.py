@@ -7,6 +7,7 @@ import argparse
 import pytest
 import torch
 
+from d3r.checkpoints import CheckpointError
 from d3r.config import StudentConfig
 from d3r.student import (
     build_student,
@@ -115,14 +116,16 @@ def test_wrong_shapes_and_formats_raise(tmp_path):
     published["blocks.0.attn.qkv.weight"] = torch.zeros(10, 64)
     path = tmp_path / "bad.pth"
     torch.save(published, path)
-    with pytest.raises(ValueError, match=r"blocks\.0\.attn\.qkv\.weight"):
+    with pytest.raises(CheckpointError, match=r"blocks\.0\.attn\.qkv\.weight"):
         load_encoder_weights(build_student("tiny"), path)
     other = tmp_path / "other.pth"
     torch.save({"weights": torch.zeros(1)}, other)
-    with pytest.raises(ValueError, match="neither a DUNE"):
+    with pytest.raises(CheckpointError, match="neither a DUNE"):
         load_encoder_weights(build_student("tiny"), other)
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(CheckpointError, match="absent.pth does not exist"):
         load_encoder_weights(build_student("tiny"), tmp_path / "absent.pth")
+    with pytest.raises(CheckpointError, match="student.encoder_weights=.*absent.pth does not exist"):
+        build_student_from_config(StudentConfig(preset="tiny", encoder_weights=tmp_path / "absent.pth"))
 
 
 def tiny_student(seed: int = 0, **overrides) -> torch.nn.Module:

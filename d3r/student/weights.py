@@ -15,9 +15,7 @@ any other shape mismatch raises.
 
 from __future__ import annotations
 
-import argparse
 import logging
-import pickle
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -26,6 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from d3r.checkpoints import CheckpointError, read_checkpoint, tensor_dict
 from d3r.student.model import Student
 
 logger = logging.getLogger(__name__)
@@ -63,39 +62,28 @@ def _strip_wrappers(key: str) -> str:
     return key.replace("module.", "").replace("_orig_mod.", "")
 
 
-def read_checkpoint(path: Path) -> Mapping[str, object]:
-    """``torch.load`` with weights only (argparse namespaces allowed, as DUNE files hold one); older
-    pickles that need more fall back to a full unpickle, logged."""
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            data = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        logger.warning("%s: not loadable with weights_only=True; unpickling it fully (trusted file)", path)
-        data = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(data, Mapping):
-        raise ValueError(f"{path}: expected a dict (DUNE or DINOv2 checkpoint), got {type(data).__name__}")
-    return data
-
-
 def encoder_state_from_checkpoint(data: Mapping[str, object], path: Path) -> tuple[str, dict[str, torch.Tensor]]:
-    """(layout, DINOv2-layout encoder state dict) from a loaded DUNE or DINOv2 checkpoint."""
-    if isinstance(data.get("model"), Mapping):
+    """(layout, DINOv2-layout encoder state dict) from a loaded DUNE or DINOv2 checkpoint.
+
+    Raises:
+        CheckpointError: naming ``path`` when it is neither layout or holds something other than tensors.
+    """
+    if "model" in data:
         layout = "dune"
-        state = {_strip_wrappers(k): v for k, v in data["model"].items()}
+        state = {_strip_wrappers(k): v for k, v in tensor_dict(data["model"], path, "'model'").items()}
         state = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
         if not state:
-            raise ValueError(f"{path}: DUNE checkpoint's 'model' has no 'encoder.' keys")
-    elif "patch_embed.proj.weight" in {_strip_wrappers(k) for k in data}:
+            raise CheckpointError(f"{path}: DUNE checkpoint's 'model' has no 'encoder.' keys")
+    elif "patch_embed.proj.weight" in {_strip_wrappers(k) for k in data if isinstance(k, str)}:
         layout = "dinov2"
-        state = {_strip_wrappers(k): v for k, v in data.items()}
+        state = {_strip_wrappers(k): v for k, v in tensor_dict(data, path, "the state dict").items()}
     else:
-        keys = ", ".join(list(data)[:8])
-        raise ValueError(
+        keys = ", ".join(map(repr, list(data)[:8]))
+        raise CheckpointError(
             f"{path}: neither a DUNE checkpoint (dict with 'model') nor a DINOv2 state dict "
             f"(with 'patch_embed.proj.weight'); first keys: {keys}"
         )
-    state = {_CHUNKED_BLOCK.sub(r"blocks.\1.", k): v for k, v in state.items()}
-    return layout, {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    return layout, {_CHUNKED_BLOCK.sub(r"blocks.\1.", k): v for k, v in state.items()}
 
 
 def resize_position_table(table: torch.Tensor, grid: int) -> torch.Tensor:
@@ -110,17 +98,19 @@ def _is_square_table(shape: torch.Size, dim: int) -> bool:
     return len(shape) == 3 and shape[0] == 1 and shape[2] == dim and round((shape[1] - 1) ** 0.5) ** 2 == shape[1] - 1
 
 
-def load_encoder_weights(student: Student, path: str | Path) -> KeyReport:
+def load_encoder_weights(student: Student, path: str | Path, *, trust: bool = False) -> KeyReport:
     """Copy a DUNE or DINOv2 checkpoint's encoder into ``student.encoder``; returns the key report.
 
+    The file is read by ``d3r.checkpoints.read_checkpoint``: tensors only, unless ``trust``
+    (``student.trust_checkpoint``) allows fully unpickling it, which runs any code it holds.
+
     Raises:
-        ValueError: the file is neither layout, or a tensor's shape differs from the student's
-            (other than a square position grid, which is resized), listing every such key.
+        CheckpointError: the file cannot be read, is neither layout, or a tensor's shape differs from the
+            student's (other than a square position grid, which is resized), listing every such key.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"encoder weights {path} do not exist")
-    layout, state = encoder_state_from_checkpoint(read_checkpoint(path), path)
+    data = read_checkpoint(path, opt_in="student.trust_checkpoint", trust=trust)
+    layout, state = encoder_state_from_checkpoint(data, path)
     report = KeyReport(path=str(path), layout=layout)
     target = student.encoder.state_dict()
     report.skipped = sorted(k for k in state if k in SKIPPED_KEYS)
@@ -137,7 +127,7 @@ def load_encoder_weights(student: Student, path: str | Path) -> KeyReport:
     ]
     if mismatched:
         listing = "\n  ".join(mismatched)
-        raise ValueError(f"{path}: encoder tensors with the wrong shape for this student:\n  {listing}")
+        raise CheckpointError(f"{path}: encoder tensors with the wrong shape for this student:\n  {listing}")
     report.unexpected = sorted(k for k in state if k not in target)
     report.missing = sorted(k for k in target if k not in state)
     report.loaded = sorted(k for k in state if k in target)
