@@ -20,7 +20,6 @@ import hashlib
 import json
 import logging
 import math
-import pickle
 import re
 from collections.abc import Mapping
 from contextlib import nullcontext
@@ -30,9 +29,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
+from d3r.checkpoints import CheckpointError, read_checkpoint, tensor_dict
 from d3r.config import ConfigError, TeacherConfig
 from d3r.nn import (
     Attention,
@@ -269,9 +269,41 @@ _JSON_CONSISTENCY = (("decoder_args", "enc_embed_dim"), ("head_args", "patch_siz
 _SECTIONS = ("encoder_args", "decoder_args", "head_args")
 
 
+_JSON_KINDS = {bool: "true or false", int: "an integer > 0", float: "a finite number > 0"}
+
+
+def _json_value(field: str, value: Any) -> Any:
+    """``value`` as the kind of Fast3RConfig's ``field`` (see ``_JSON_KINDS``); None when it is not one."""
+    kind = type(getattr(PRESETS["release"], field))
+
+    def positive_int(item: Any) -> bool:
+        return isinstance(item, int) and not isinstance(item, bool) and item > 0
+
+    if kind is bool:
+        return value if isinstance(value, bool) else None
+    if kind is int:
+        return value if positive_int(value) else None
+    if kind is float:
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return float(value) if number and math.isfinite(value) and value > 0 else None
+    return None
+
+
+def read_config_json(path: Path) -> Mapping[str, Any]:
+    """A checkpoint's ``config.json`` as a mapping; CheckpointError naming the file when it is not a JSON object."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:  # ValueError: not UTF-8, not JSON
+        raise CheckpointError(f"{path} cannot be read as JSON: {error}") from error
+    if not isinstance(data, Mapping):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
 def config_from_json(data: Mapping[str, Any], base: Fast3RConfig, source: str = CONFIG_FILE) -> Fast3RConfig:
     """Apply an official ``config.json`` onto ``base``: mapped values are applied, the others must be the
-    values this implementation computes; an unknown or unsupported one raises a ConfigError naming it."""
+    values this implementation computes; an unknown, unsupported or mistyped one raises a CheckpointError
+    naming it."""
     errors = [f"{key}: unknown section" for key in data if key not in _SECTIONS]
     updates: dict[str, Any] = {}
     for section in _SECTIONS:
@@ -282,7 +314,10 @@ def config_from_json(data: Mapping[str, Any], base: Fast3RConfig, source: str = 
         for key, value in args.items():
             where = (section, key)
             if where in _JSON_TO_FIELD:
-                updates[_JSON_TO_FIELD[where]] = value
+                field = _JSON_TO_FIELD[where]
+                updates[field] = _json_value(field, value)
+                if updates[field] is None:
+                    errors.append(f"{section}.{key}={value!r}: expected {_JSON_KINDS[type(getattr(base, field))]}")
             elif where == ("encoder_args", "pos_embed"):
                 match = re.fullmatch(r"RoPE(\d+(?:\.\d+)?)", str(value))
                 if match:
@@ -305,14 +340,14 @@ def config_from_json(data: Mapping[str, Any], base: Fast3RConfig, source: str = 
         if value != expected:
             errors.append(f"{section}.{key}={value!r}: must equal {name}={expected!r}")
     if errors:
-        raise ConfigError(f"{source}: unsupported Fast3R config: " + "; ".join(errors))
+        raise CheckpointError(f"{source}: unsupported Fast3R config: " + "; ".join(errors))
     changed = {k: v for k, v in updates.items() if getattr(base, k) != v}
     if changed:
         logger.info("%s overrides the preset: %s", source, changed)
     try:
         return dataclasses.replace(base, **updates)
     except ValueError as error:
-        raise ConfigError(f"{source}: {error}") from error
+        raise CheckpointError(f"{source}: {error}") from error
 
 
 def config_to_json(config: Fast3RConfig) -> dict[str, Any]:
@@ -335,10 +370,6 @@ def config_to_json(config: Fast3RConfig) -> dict[str, Any]:
 # ---- checkpoints ----
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that does not fit the model: names the file and the offending keys."""
-
-
 def save_fast3r(model: Fast3R, directory: str | Path) -> Path:
     """Write ``config.json`` + ``model.safetensors`` (official Hugging Face layout) into ``directory``."""
     directory = Path(directory)
@@ -356,71 +387,69 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _read_torch_checkpoint(path: Path) -> Mapping[str, Any]:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        logger.warning("%s holds more than tensors; loading it with full unpickling (trusted files only)", path)
-        return torch.load(path, map_location="cpu", weights_only=False)
+TRUST_SETTING = "teacher.trust_checkpoint"
 
 
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+def read_state_dict(path: Path, trust: bool = False) -> dict[str, torch.Tensor]:
     """Network tensors from a ``.safetensors`` file, a Lightning checkpoint (``state_dict`` with ``net.``
-    keys) or a DUSt3R-style ``.pth`` (``model``), without the ``scratch.layer_rn.*`` aliases."""
-    try:
-        raw = load_file(str(path)) if path.suffix == ".safetensors" else _read_torch_checkpoint(path)
-    except Exception as error:  # any reader failure: the file is not a checkpoint we can read
-        raise CheckpointError(f"{path} cannot be read as a checkpoint: {error}") from error
-    if not isinstance(raw, Mapping):
-        raise CheckpointError(f"{path}: expected a mapping of tensors, got {type(raw).__name__}")
+    keys) or a DUSt3R-style ``.pth`` (``model``), without the ``scratch.layer_rn.*`` aliases; read by
+    ``d3r.checkpoints.read_checkpoint`` (full unpickling only with ``trust``: ``teacher.trust_checkpoint``)."""
+    raw = read_checkpoint(path, opt_in=TRUST_SETTING, trust=trust)
     if "state_dict" in raw:
-        state = {k[len("net."):]: v for k, v in raw["state_dict"].items() if k.startswith("net.")}
+        lightning = tensor_dict(raw["state_dict"], path, "'state_dict'")
+        state = {k[len("net."):]: v for k, v in lightning.items() if k.startswith("net.")}
         if not state:
             raise CheckpointError(f"{path}: 'state_dict' has no 'net.'-prefixed keys (not a Fast3R Lightning ckpt)")
     elif "model" in raw:
-        state = dict(raw["model"])
+        state = tensor_dict(raw["model"], path, "'model'")
     elif all(isinstance(v, torch.Tensor) for v in raw.values()):
-        state = dict(raw)
+        state = tensor_dict(raw, path, "the state dict")
     else:
         raise CheckpointError(f"{path}: expected a state dict, a Lightning 'state_dict' or a 'model' entry")
     return {k: v.float() if v.is_floating_point() else v for k, v in state.items() if ".scratch.layer_rn." not in k}
 
 
 def check_state_dict(state: Mapping[str, torch.Tensor], model: nn.Module, source: str, shown: int = 5) -> None:
-    """Raise one CheckpointError listing missing, unexpected and mis-shaped keys (first ``shown`` of each)."""
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    """Raise one CheckpointError listing missing, unexpected, mis-shaped and mis-typed keys (first ``shown`` of each;
+    mis-typed: an integer or boolean tensor where the model holds a floating one, or the reverse)."""
+    reference = model.state_dict()
+    expected = {k: tuple(v.shape) for k, v in reference.items()}
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     common = set(state) & set(expected)
     mismatched = sorted(
         f"{k} {tuple(state[k].shape)} != {expected[k]}" for k in common if tuple(state[k].shape) != expected[k]
     )
+    mistyped = sorted(
+        f"{k} {state[k].dtype}" for k in common if state[k].is_floating_point() != reference[k].is_floating_point()
+    )
     parts = [f"{len(items)} {label}: {items[:shown]}" for label, items in
-             (("missing", missing), ("unexpected", unexpected), ("mis-shaped", mismatched)) if items]
+             (("missing", missing), ("unexpected", unexpected), ("mis-shaped", mismatched), ("mis-typed", mistyped))
+             if items]
     if parts:
         raise CheckpointError(f"{source} does not fit the Fast3R model: " + "; ".join(parts))
 
 
-def load_fast3r(path: str | Path, preset: str | None = None, view_chunk: int = 25) -> Fast3R:
+def load_fast3r(path: str | Path, preset: str | None = None, view_chunk: int = 25, *, trust: bool = False) -> Fast3R:
     """Load a Fast3R from ``model.safetensors``, a directory with ``config.json`` + ``model.safetensors``,
-    or a Lightning / DUSt3R-style torch checkpoint; strict: any key problem raises one CheckpointError.
+    or a Lightning / DUSt3R-style torch checkpoint; strict: any problem raises one CheckpointError.
 
-    The architecture is ``preset`` (default ``release``) with ``config.json``'s values applied.
+    The architecture is ``preset`` (default ``release``) with ``config.json``'s values applied. Torch files
+    load as tensors only; ``trust`` (``teacher.trust_checkpoint``) allows fully unpickling one, which runs
+    any code it holds.
     ``model.weights_sha256`` is set to the weights file's sha256.
     """
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"Fast3R checkpoint {path} does not exist")
     config = fast3r_config(preset or "release")
     weights = path
     if path.is_dir():
         weights = path / WEIGHTS_FILE
         if not weights.is_file():
-            raise FileNotFoundError(f"{path} has no {WEIGHTS_FILE}")
+            raise CheckpointError(f"{path} is a directory without {WEIGHTS_FILE}")
         config_path = path / CONFIG_FILE
         if config_path.is_file():
-            config = config_from_json(json.loads(config_path.read_text()), config, source=str(config_path))
-    state = read_state_dict(weights)
+            config = config_from_json(read_config_json(config_path), config, source=str(config_path))
+    state = read_state_dict(weights, trust=trust)
     with torch.device("meta"):
         model = Fast3R(config, view_chunk=view_chunk)
     check_state_dict(state, model, str(weights))
@@ -504,14 +533,20 @@ class Fast3RTeacher:
 
 @register_teacher("fast3r")
 def build_fast3r_teacher(config: TeacherConfig) -> Fast3RTeacher:
-    """Load the checkpoint named by ``teacher.checkpoint`` (checked before any work) and wrap it."""
+    """Load the checkpoint named by ``teacher.checkpoint`` (checked before any work) and wrap it.
+
+    Raises:
+        ConfigError: naming ``teacher.checkpoint`` (a CheckpointError: unreadable, refused by ``weights_only``
+            without ``teacher.trust_checkpoint``, or not fitting the model) or ``teacher.preset``.
+    """
     if config.checkpoint is None:
         raise ConfigError("teacher.checkpoint is required for teacher.name='fast3r' "
                           "(model.safetensors, a config.json + model.safetensors directory, or a Lightning .ckpt)")
-    if not Path(config.checkpoint).exists():
-        raise ConfigError(f"teacher.checkpoint={str(config.checkpoint)!r} does not exist")
+    if config.preset not in PRESETS:
+        raise ConfigError(f"teacher.preset={config.preset!r} is not a Fast3R preset; known: {sorted(PRESETS)}")
     try:
-        model = load_fast3r(config.checkpoint, preset=config.preset, view_chunk=config.view_chunk)
-    except (CheckpointError, FileNotFoundError, ValueError) as error:
-        raise ConfigError(f"teacher.checkpoint={str(config.checkpoint)!r}: {error}") from error
+        model = load_fast3r(config.checkpoint, preset=config.preset, view_chunk=config.view_chunk,
+                            trust=config.trust_checkpoint)
+    except CheckpointError as error:
+        raise CheckpointError(f"teacher.checkpoint={str(config.checkpoint)!r}: {error}") from error
     return Fast3RTeacher(model, config)
