@@ -76,6 +76,16 @@ def write_png_header(path: Path, width: int, height: int) -> None:
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunks)
 
 
+def write_png_with_text_after_data(path: Path, width: int, height: int) -> None:
+    """A real PNG with a text chunk after its image data: PIL looks there for EXIF only by decoding."""
+    Image.new("RGB", (width, height)).save(path)
+    data = path.read_bytes()
+    end = data.rindex(b"IEND") - 4
+    text = b"Comment\x00late"
+    chunk = struct.pack(">I", len(text)) + b"tEXt" + text + struct.pack(">I", zlib.crc32(b"tEXt" + text))
+    path.write_bytes(data[:end] + chunk + data[end:])
+
+
 def scene_with_second_view(root: Path, name: str, make_second) -> None:
     """A two-view scene: a good ``a.png`` first, so only a check of *every* view catches ``b.png``."""
     write_image(root / name / "a.png")
@@ -167,6 +177,7 @@ def test_every_bad_file_is_a_reject_naming_it_and_the_job_goes_on(tmp_path: Path
 
 @pytest.mark.parametrize("second", [
     pytest.param(lambda p: Image.new("RGB", (200000, 2)).save(p), id="200000x2"),
+    pytest.param(lambda p: write_png_with_text_after_data(p, 200000, 2), id="200000x2-text-after-data"),
     pytest.param(lambda p: write_png_header(p, 12000, 12000), id="bomb"),
     pytest.param(lambda p: write_png_header(p, 20000, 10000), id="bomb-beyond-PIL"),
     pytest.param(lambda p: write_image(p, 8, 6), id="tiny"),
