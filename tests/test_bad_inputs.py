@@ -161,9 +161,16 @@ def test_every_bad_file_is_a_reject_naming_it_and_the_job_goes_on(tmp_path: Path
         "--scenes.source", "folders", "--scenes.root", str(root), "--scenes.long_side", "64",
         "--scenes.views_per_sample", "2", "--cache.uri", str(tmp_path / "cache.lance")], environ={})
 
-    code = exit_code_for("jobs/cache.py", lambda: run_cache_job(config, teacher_factory=brightness_factory))
+    summaries = []
+
+    def job() -> None:
+        summaries.append(run_cache_job(config, teacher_factory=brightness_factory))
+
+    code = exit_code_for("jobs/cache.py", job)
 
     assert code == 0
+    (summary,) = summaries
+    assert summary.rejected[("load", "ImageLimitError")] == 4  # counted by what was wrong, not "SampleError"
     rows = lance.dataset(config.cache.uri).to_table().to_pylist()
     assert [(r["scene_id"], r["view_names"]) for r in rows] == [("good", ["a", "b"])]
     rejects = lance.dataset(rejects_uri(config.cache.uri)).to_table().to_pylist()

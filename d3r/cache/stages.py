@@ -28,7 +28,7 @@ from d3r.cache.codec import get_codec
 from d3r.cache.rows import BASE_FIELDS, decode_ground_truth, encode_images, ground_truth_columns
 from d3r.config import CacheConfig, ScenesConfig, TeacherConfig
 from d3r.scenes.records import Scene
-from d3r.scenes.sampling import Sample, load_sample
+from d3r.scenes.sampling import Sample, SampleError, load_sample
 from d3r.teachers.base import OUTPUT_KEYS, Teacher, fingerprint_id, teacher_images
 
 logger = logging.getLogger(__name__)
@@ -80,7 +80,9 @@ def load_one(key: str, payload: bytes, scenes: ScenesConfig, image_format: str) 
             **ground_truth_columns(_stacked(views, "depth"), _stacked(views, "K"), _stacked(views, "pose")),
         )
     except Exception as exc:  # per-sample robustness: any failure becomes a reject row
-        reject(row, "load", type(exc).__name__, str(exc))
+        # kind: what was wrong with the file (ImageLimitError, ImageReadError ...), not the SampleError around it
+        cause = exc.__cause__ if isinstance(exc, SampleError) and exc.__cause__ is not None else exc
+        reject(row, "load", type(cause).__name__, str(exc))
     return row
 
 
