@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import lance
 import numpy as np
 import pyarrow as pa
 import pytest
 
-from d3r.cache.codec import CODECS, D3rV1Codec, decode_row, get_codec
+from d3r.cache.codec import CODECS, D3rV1Codec, decode_row, get_codec, pack_plane, unpack_views
 from d3r.geometry import align_local_to_global, depth_to_points, transform_points
 
 HEIGHT, WIDTH, VIEWS = 40, 64, 3
@@ -285,3 +287,201 @@ def test_decode_row_rejects_unknown_codec_or_version():
         decode_row({k: v for k, v in row.items() if k != "codec_version"})
     with pytest.raises(ValueError, match="sup_local_depth"):
         decode_row({k: v for k, v in row.items() if k != "sup_local_depth"})
+
+
+# ------------------------------------------------------------------ any finite input: bounded bytes and errors
+
+FLOAT16_MAX = 65504.0
+OVERHEAD_PER_VIEW = 160  # view parameters (136 bytes) and chunk lengths: the fixed cost of a view
+OVERHEAD_PER_SAMPLE = 1024  # the JSON header, zstd frames, the fp16 codec's own header
+
+
+def encoded_bytes(columns: dict[str, bytes]) -> int:
+    return sum(len(value) for value in columns.values())
+
+
+def stored_maps(outputs: dict[str, np.ndarray], global_target: str) -> dict[str, np.ndarray]:
+    """The four float32 maps a codec is meant to store (the global one is the aligned-local target or the head)."""
+    maps = {key: np.asarray(value, dtype=np.float32) for key, value in outputs.items()}
+    if global_target == "aligned_local":
+        maps["pts3d_global"] = aligned_target(maps)
+    return maps
+
+
+def plain_bytes(maps: dict[str, np.ndarray]) -> int:
+    """Bytes of the maps as plain floats per view: float16 (the fp16 codec), float32 for a view's map holding a
+    value beyond float16's range (which the fp16 codec refuses)."""
+    return sum((2 if np.abs(view).max() <= FLOAT16_MAX else 4) * view.size for value in maps.values() for view in value)
+
+
+def assert_safe_roundtrip(outputs: dict[str, np.ndarray], global_target: str) -> dict[str, str]:
+    """d3r-v1 on ``outputs``: no more bytes than plain floats plus the fixed overhead; every decoded value finite;
+    each map of each view either plain (float16-rounded, or exact float32) or within the model's bounds (points
+    1e-2 relative, ``C − 1`` 1%). Returns the storage recorded per map."""
+    codec = get_codec("d3r-v1")
+    maps = stored_maps(outputs, global_target)
+    n, h, w = maps["conf_local"].shape
+    columns = codec.encode(outputs, global_target=global_target)
+    assert encoded_bytes(columns) <= plain_bytes(maps) + OVERHEAD_PER_VIEW * n + OVERHEAD_PER_SAMPLE
+    decoded = codec.decode(columns, n, h, w)
+    storage = json.loads(columns["sup_header"])["storage"]
+    for key, reference in maps.items():
+        assert np.isfinite(decoded[key]).all(), key
+        for i, kind in enumerate(storage[key]):
+            got, want = decoded[key][i].astype(np.float64), reference[i].astype(np.float64)
+            if kind == "h":
+                np.testing.assert_array_equal(got, want.astype(np.float16).astype(np.float64), err_msg=key)
+            elif kind == "f":
+                np.testing.assert_array_equal(got, want, err_msg=key)
+            elif key in ("pts3d_local", "pts3d_global"):
+                error = np.linalg.norm(got - want, axis=-1)
+                assert (error <= 1e-2 * np.linalg.norm(want, axis=-1)).all(), (key, i, error.max())
+            else:
+                np.testing.assert_array_equal(got == 1, want == 1)
+                above = want > 1
+                assert (np.abs(got - want)[above] <= 0.01 * (want[above] - 1)).all(), (key, i)
+    return storage
+
+
+def noise_outputs(seed: int = 0) -> dict[str, np.ndarray]:
+    """White-noise points (half of them behind the camera) and confidences."""
+    rng = np.random.default_rng(seed)
+    shape = (VIEWS, HEIGHT, WIDTH)
+    return {
+        "pts3d_global": rng.standard_normal((*shape, 3)).astype(np.float32),
+        "conf_global": (1 + rng.exponential(3.0, shape)).astype(np.float32),
+        "pts3d_local": rng.standard_normal((*shape, 3)).astype(np.float32),
+        "conf_local": (1 + rng.exponential(3.0, shape)).astype(np.float32),
+    }
+
+
+def behind_the_camera() -> dict[str, np.ndarray]:
+    outputs = teacher_like(global_warp=0.02)
+    outputs["pts3d_local"][..., 2] *= -1
+    return outputs
+
+
+def huge_values() -> dict[str, np.ndarray]:
+    """Teacher-like maps scaled far beyond float16's range (confidences by 1e5, points by 1e20)."""
+    outputs = teacher_like(global_warp=0.02)
+    for key in ("pts3d_local", "pts3d_global"):
+        outputs[key] = outputs[key] * np.float32(1e20)
+    for key in ("conf_local", "conf_global"):
+        outputs[key] = 1 + (outputs[key] - 1) * np.float32(1e5)
+    return outputs
+
+
+def mixed_views() -> dict[str, np.ndarray]:
+    """View 0 teacher-like; view 1 white noise up to 1e6; view 2 behind the camera, with a global confidence
+    beyond 1e30 (C − 1 too large to model)."""
+    outputs, noise = teacher_like(global_warp=0.02), noise_outputs(1)
+    outputs["pts3d_local"][1] = noise["pts3d_local"][1] * 1e6
+    outputs["pts3d_global"][1] = noise["pts3d_global"][1]
+    outputs["pts3d_local"][2, ..., 2] *= -1
+    outputs["conf_global"][2] = 1 + (outputs["conf_global"][2] - 1) * np.float32(1e32)
+    return outputs
+
+
+def overflowing_sim3() -> dict[str, np.ndarray]:
+    """Local points of about 1e-9 seen as global points of about 1e31: a Sim(3) scale of 1e40 (beyond float32)."""
+    outputs = teacher_like()
+    outputs["pts3d_local"] = outputs["pts3d_local"] * np.float32(1e-9)
+    outputs["pts3d_global"] = outputs["pts3d_global"] * np.float32(1e31)
+    return outputs
+
+
+ADVERSARIAL = {
+    "white noise": noise_outputs,
+    "behind the camera": behind_the_camera,
+    "huge values": huge_values,
+    "mixed views": mixed_views,
+    "overflowing Sim(3)": overflowing_sim3,
+}
+
+
+@pytest.mark.parametrize("global_target", ["aligned_local", "global_head"])
+@pytest.mark.parametrize("case", list(ADVERSARIAL))
+def test_d3r_v1_is_safe_on_adversarial_input(case, global_target):
+    storage = assert_safe_roundtrip(ADVERSARIAL[case](), global_target)
+    if case != "huge values":  # huge but smooth maps are modelled (log depth holds any magnitude)
+        assert any(kind in "hf" for kinds in storage.values() for kind in kinds), storage
+
+
+def test_d3r_v1_falls_back_per_view():
+    storage = assert_safe_roundtrip(mixed_views(), "aligned_local")
+    assert storage["pts3d_local"] == "mfh"  # modelled, float32 (values up to 1e6), float16
+    assert storage["pts3d_global"][0] == "m"
+    assert storage["conf_global"][:2] in ("mm", "md", "dm", "dd") and storage["conf_global"][2] == "f"
+
+
+def test_d3r_v1_keeps_teacher_like_maps_modelled():
+    outputs = teacher_like(global_warp=0.02)
+    for target in ("aligned_local", "global_head"):
+        storage = assert_safe_roundtrip(outputs, target)
+        assert all(set(kinds) <= {"m", "d"} for kinds in storage.values()), storage
+
+
+@pytest.fixture(scope="module")
+def random_fast3r_outputs() -> dict[str, np.ndarray]:
+    """A tiny Fast3R with random weights on 3 synthetic views of 96x64: a teacher whose maps the model does not fit."""
+    import torch
+
+    from d3r.scenes.synthetic import render_scene
+    from d3r.teachers.fast3r import build_fast3r
+
+    torch.manual_seed(0)
+    model = build_fast3r("tiny").eval()
+    images = np.stack([view.image for view in render_scene(0, 0, 3, (96, 64)).views])
+    with torch.inference_mode():
+        out = model(torch.from_numpy(images).permute(0, 3, 1, 2)[None].float() / 127.5 - 1)
+    return {key: value[0].numpy() for key, value in out.items()}
+
+
+@pytest.mark.parametrize("global_target", ["aligned_local", "global_head"])
+def test_d3r_v1_on_random_weight_fast3r_costs_no_more_than_fp16(random_fast3r_outputs, global_target):
+    storage = assert_safe_roundtrip(random_fast3r_outputs, global_target)
+    assert "h" in storage["pts3d_local"], storage  # its points lie behind the camera: plain float16
+    fp16 = encoded_bytes(get_codec("fp16").encode(random_fast3r_outputs, global_target=global_target))
+    d3r = encoded_bytes(get_codec("d3r-v1").encode(random_fast3r_outputs, global_target=global_target))
+    assert d3r <= fp16 + OVERHEAD_PER_VIEW * 3 + OVERHEAD_PER_SAMPLE, (d3r, fp16, storage)
+
+
+@pytest.mark.parametrize(("key", "value"), [("conf_local", 1e5), ("pts3d_local", -7e4), ("pts3d_global", 7e4)])
+def test_fp16_refuses_values_beyond_float16_range(key, value):
+    outputs = teacher_like()
+    outputs[key][1, 2, 3] = value
+    with pytest.raises(ValueError, match=rf"{key}.*value {value:g} .*beyond float16's range.*65504"):
+        get_codec("fp16").encode(outputs, global_target="global_head")
+    storage = assert_safe_roundtrip(outputs, "global_head")
+    assert storage[key][1] in "mf", storage  # d3r-v1 keeps it: modelled, or float32
+
+
+def as_version_1(columns: dict[str, bytes], shape: tuple[int, int, int]) -> dict[str, bytes]:
+    """The same sample in the version-1 layout (one integer plane across all views, no storage, no plain column),
+    rebuilt from a version-2 encoding whose maps are all modelled."""
+    n, h, w = shape
+    header = json.loads(columns["sup_header"])
+    storage = header.pop("storage")
+    assert all(set(kinds) <= {"m", "d"} for kinds in storage.values()) and len(set(storage["conf_global"])) == 1
+    header["conf_global_from_local"] = storage["conf_global"][0] == "d"
+    planes = {"sup_local_depth": (n, h, w), "sup_local_rays": (2, n, h, w), "sup_conf_local": (n, h, w),
+              "sup_conf_global": (n, h, w)}
+    if header["global_target"] == "global_head":
+        planes["sup_global_residual"] = (3, n, h, w)
+    old = {name: value for name, value in columns.items() if name != "sup_plain"}
+    for name, plane_shape in planes.items():
+        old[name] = pack_plane(unpack_views(columns[name], plane_shape, name), 9)
+    old["sup_header"] = json.dumps(header).encode()
+    return old
+
+
+@pytest.mark.parametrize("global_target", ["aligned_local", "global_head"])
+def test_version_1_rows_still_decode(global_target):
+    outputs = teacher_like(global_warp=0.02)
+    row = lance_like_row("d3r-v1", outputs, global_target=global_target)
+    assert row["codec_version"] == 2
+    columns = {key: value for key, value in row.items() if key.startswith("sup_")}
+    expected = decode_row(row)
+    decoded = decode_row({**row, **as_version_1(columns, (VIEWS, HEIGHT, WIDTH)), "codec_version": 1})
+    for key, value in expected.items():
+        np.testing.assert_array_equal(decoded[key], value)
