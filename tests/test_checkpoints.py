@@ -193,6 +193,8 @@ UNREADABLE_FAST3R = [
      "decoder_args.qkv_bias=1: expected true or false"),
     ("mlp ratio is infinite", config_json_writer(lambda c: c["encoder_args"].update(mlp_ratio=float("inf"))),
      "encoder_args.mlp_ratio=inf: expected a finite number > 0"),
+    ("layer dims are 3", config_json_writer(lambda c: c["head_args"].update(layer_dims=[16, 32, 48])),
+     "head_args.layer_dims=[16, 32, 48]: expected a list of 4 integers > 0"),
     ("decoder_args is a list", config_json_writer(lambda c: c.update(decoder_args=[1])),
      "decoder_args: expected an object"),
     ("'state_dict' is a number", lambda d: torch.save({"state_dict": 5}, d / "last.ckpt"),

@@ -211,9 +211,13 @@ def test_config_json_round_trip_applied_and_refused_values(tmp_path):
     tiny = PRESETS["tiny"]
     data = config_to_json(tiny)
     assert config_from_json(data, tiny) == tiny
+    assert config_from_json(data, PRESETS["release"]) == tiny  # d3r's head sizes travel in head_args
     release_json = config_to_json(PRESETS["release"])
     assert release_json["decoder_args"]["random_image_idx_embedding"] is True
     assert release_json["head_args"]["depth_mode"] == ["exp", -math.inf, math.inf]
+    assert not {"layer_dims", "feature_dim", "last_dim"} & set(release_json["head_args"])  # the official keys only
+    release_json["encoder_args"]["mlp_ratio"] = 4  # as the official file writes it
+    assert config_from_json(release_json, PRESETS["release"]).enc_mlp_ratio.__class__ is float
     data["decoder_args"]["attn_bias_for_inference_enabled"] = True
     data["encoder_args"]["pos_embed"] = "RoPE10"
     applied = config_from_json(data, tiny)
@@ -242,6 +246,34 @@ def test_config_json_in_directory_is_applied(tiny, tmp_path):
     (directory / "config.json").write_text(json.dumps(data))
     with pytest.raises(ConfigError, match="head_args.with_local_head"):
         load_fast3r(directory, preset="tiny")
+
+
+def test_config_json_derives_the_dpt_hooks_from_the_decoder_depth():
+    data = config_to_json(PRESETS["release"])
+    data["decoder_args"]["depth"] = 32
+    assert config_from_json(data, PRESETS["release"]).hooks == (0, 16, 24, 32)
+    data = config_to_json(PRESETS["tiny"])
+    data["decoder_args"]["depth"] = 6
+    assert config_from_json(data, PRESETS["tiny"]).hooks == (0, 3, 4, 6)
+    assert fast3r_config("tiny", dec_depth=6).hooks == (0, 3, 4, 6)
+
+
+@pytest.mark.parametrize("overrides", [{}, {"dec_depth": 6}], ids=["tiny", "tiny with 6 decoder blocks"])
+def test_save_fast3r_directory_loads_back_without_a_preset(tmp_path, overrides):
+    torch.manual_seed(3)
+    model = build_fast3r("tiny", **overrides).eval()
+    directory = save_fast3r(model, tmp_path / "d")
+    x = images()
+    expected = model(x)
+    for preset in (None, "tiny"):
+        loaded = load_fast3r(directory, preset=preset)
+        assert loaded.config == model.config, preset
+        assert_same_outputs(loaded(x), expected)
+
+
+def test_hooks_a_config_json_cannot_describe_are_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"hooks \(0, 1, 2, 4\) are not the official \(0, 2, 3, 4\)"):
+        save_fast3r(build_fast3r("tiny", hooks=(0, 1, 2, 4)), tmp_path)
 
 
 def test_unknown_preset_and_override():

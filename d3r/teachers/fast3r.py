@@ -92,23 +92,31 @@ class Fast3RConfig:
             raise ValueError("invalid Fast3R config: " + "; ".join(problems))
 
 
+def dpt_hooks(dec_depth: int) -> tuple[int, int, int, int]:
+    """The DPT heads' hooks the official code derives from the decoder depth: ``[0, d*2//4, d*3//4, d]``."""
+    return 0, dec_depth * 2 // 4, dec_depth * 3 // 4, dec_depth
+
+
 PRESETS: dict[str, Fast3RConfig] = {
     "release": Fast3RConfig(),
     "tiny": Fast3RConfig(
         enc_dim=64, enc_depth=2, enc_heads=4, dec_dim=64, dec_depth=4, dec_heads=4,
-        hooks=(0, 2, 3, 4), layer_dims=(16, 32, 48, 64), feature_dim=32, last_dim=16,
+        hooks=dpt_hooks(4), layer_dims=(16, 32, 48, 64), feature_dim=32, last_dim=16,
     ),
 }
 
 
 def fast3r_config(preset: str = "release", **overrides: Any) -> Fast3RConfig:
-    """The named preset with ``overrides`` (Fast3RConfig field names) applied."""
+    """The named preset with ``overrides`` (Fast3RConfig field names) applied; a new ``dec_depth`` without
+    ``hooks`` gets the hooks the official code derives (``dpt_hooks``)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown Fast3R preset {preset!r}; known: {sorted(PRESETS)}")
     fields = {f.name for f in dataclasses.fields(Fast3RConfig)}
     unknown = sorted(set(overrides) - fields)
     if unknown:
         raise ValueError(f"unknown Fast3R config field(s) {unknown}; known: {sorted(fields)}")
+    if "dec_depth" in overrides and "hooks" not in overrides:
+        overrides["hooks"] = dpt_hooks(overrides["dec_depth"])
     return dataclasses.replace(PRESETS[preset], **overrides)
 
 
@@ -242,7 +250,13 @@ _JSON_TO_FIELD = {
     ("decoder_args", "qkv_bias"): "dec_qkv_bias",
     ("decoder_args", "random_image_idx_embedding"): "random_image_idx_embedding",
     ("decoder_args", "attn_bias_for_inference_enabled"): "attn_bias_for_inference_enabled",
+    # d3r's own keys: the official code fixes these head sizes (_OFFICIAL_HEAD); save_fast3r writes them
+    # only when a model differs, so its own small models load back without naming a preset
+    ("head_args", "layer_dims"): "layer_dims",
+    ("head_args", "feature_dim"): "feature_dim",
+    ("head_args", "last_dim"): "last_dim",
 }
+_OFFICIAL_HEAD = {"layer_dims": (96, 192, 384, 768), "feature_dim": 256, "last_dim": 128}
 _INF = float("inf")
 # The only values this implementation computes; anything else is refused.
 _JSON_REQUIRED = {
@@ -269,7 +283,8 @@ _JSON_CONSISTENCY = (("decoder_args", "enc_embed_dim"), ("head_args", "patch_siz
 _SECTIONS = ("encoder_args", "decoder_args", "head_args")
 
 
-_JSON_KINDS = {bool: "true or false", int: "an integer > 0", float: "a finite number > 0"}
+_JSON_KINDS = {bool: "true or false", int: "an integer > 0", float: "a finite number > 0",
+               tuple: "a list of 4 integers > 0"}
 
 
 def _json_value(field: str, value: Any) -> Any:
@@ -286,6 +301,8 @@ def _json_value(field: str, value: Any) -> Any:
     if kind is float:
         number = isinstance(value, (int, float)) and not isinstance(value, bool)
         return float(value) if number and math.isfinite(value) and value > 0 else None
+    if isinstance(value, list) and len(value) == 4 and all(positive_int(item) for item in value):
+        return tuple(value)
     return None
 
 
@@ -303,7 +320,7 @@ def read_config_json(path: Path) -> Mapping[str, Any]:
 def config_from_json(data: Mapping[str, Any], base: Fast3RConfig, source: str = CONFIG_FILE) -> Fast3RConfig:
     """Apply an official ``config.json`` onto ``base``: mapped values are applied, the others must be the
     values this implementation computes; an unknown, unsupported or mistyped one raises a CheckpointError
-    naming it."""
+    naming it. The DPT hooks are derived from the decoder depth, as the official code does."""
     errors = [f"{key}: unknown section" for key in data if key not in _SECTIONS]
     updates: dict[str, Any] = {}
     for section in _SECTIONS:
@@ -341,6 +358,7 @@ def config_from_json(data: Mapping[str, Any], base: Fast3RConfig, source: str = 
             errors.append(f"{section}.{key}={value!r}: must equal {name}={expected!r}")
     if errors:
         raise CheckpointError(f"{source}: unsupported Fast3R config: " + "; ".join(errors))
+    updates["hooks"] = dpt_hooks(updates.get("dec_depth", base.dec_depth))
     changed = {k: v for k, v in updates.items() if getattr(base, k) != v}
     if changed:
         logger.info("%s overrides the preset: %s", source, changed)
@@ -351,10 +369,20 @@ def config_from_json(data: Mapping[str, Any], base: Fast3RConfig, source: str = 
 
 
 def config_to_json(config: Fast3RConfig) -> dict[str, Any]:
-    """The official ``config.json`` content describing ``config`` (round-trips through ``config_from_json``)."""
+    """The official ``config.json`` content describing ``config`` (round-trips through ``config_from_json``;
+    the head sizes are written only where they differ from the official ones).
+
+    Raises:
+        ValueError: when ``config.hooks`` are not the ones ``dpt_hooks`` derives (config.json cannot say so).
+    """
+    if config.hooks != dpt_hooks(config.dec_depth):
+        raise ValueError(f"hooks {config.hooks} are not the official {dpt_hooks(config.dec_depth)} for "
+                         f"dec_depth={config.dec_depth}: a config.json cannot describe them")
     data: dict[str, dict[str, Any]] = {section: {} for section in _SECTIONS}
     for (section, key), field in _JSON_TO_FIELD.items():
-        data[section][key] = getattr(config, field)
+        value = getattr(config, field)
+        if _OFFICIAL_HEAD.get(field) != value:
+            data[section][key] = list(value) if isinstance(value, tuple) else value
     for (section, key), value in _JSON_REQUIRED.items():
         data[section][key] = value
     data["encoder_args"].update(
@@ -372,10 +400,11 @@ def config_to_json(config: Fast3RConfig) -> dict[str, Any]:
 
 def save_fast3r(model: Fast3R, directory: str | Path) -> Path:
     """Write ``config.json`` + ``model.safetensors`` (official Hugging Face layout) into ``directory``."""
+    config = json.dumps(config_to_json(model.config), indent=2, sort_keys=True)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(directory / WEIGHTS_FILE))
-    (directory / CONFIG_FILE).write_text(json.dumps(config_to_json(model.config), indent=2, sort_keys=True))
+    (directory / CONFIG_FILE).write_text(config)
     return directory
 
 
@@ -434,9 +463,9 @@ def load_fast3r(path: str | Path, preset: str | None = None, view_chunk: int = 2
     """Load a Fast3R from ``model.safetensors``, a directory with ``config.json`` + ``model.safetensors``,
     or a Lightning / DUSt3R-style torch checkpoint; strict: any problem raises one CheckpointError.
 
-    The architecture is ``preset`` (default ``release``) with ``config.json``'s values applied. Torch files
-    load as tensors only; ``trust`` (``teacher.trust_checkpoint``) allows fully unpickling one, which runs
-    any code it holds.
+    The architecture is ``preset`` (default ``release``) with ``config.json``'s values applied, so a directory
+    written by ``save_fast3r`` loads back without a preset. Torch files load as tensors only; ``trust``
+    (``teacher.trust_checkpoint``) allows fully unpickling one, which runs any code it holds.
     ``model.weights_sha256`` is set to the weights file's sha256.
     """
     path = Path(path)
