@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from d3r.checkpoints import CheckpointError
 from d3r.student import build_student
 from d3r.student.checkpoint import load_student, save_student, student_checkpoint
 
@@ -28,7 +29,7 @@ def test_old_preset_layout_loads(tmp_path):
 
 
 def test_bad_checkpoints_name_the_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match="missing.pt"):
+    with pytest.raises(CheckpointError, match="missing.pt"):
         load_student(tmp_path / "missing.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="junk.pt"):

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from d3r.checkpoints import read_checkpoint
 from d3r.student.model import Student
 from d3r.student.presets import StudentSpec, resolve_spec
 
@@ -42,16 +43,6 @@ def save_student(student: Student, path: Path) -> Path:
     return path
 
 
-def _read(path: Path, trust: bool) -> Any:
-    if not path.is_file():
-        raise FileNotFoundError(f"student checkpoint {path} does not exist")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=not trust)
-    except Exception as exc:  # torch raises several unrelated types for unreadable or unsafe files
-        hint = "" if trust else " (read with weights_only=True; a trusted file may opt in to full unpickling)"
-        raise ValueError(f"{path} is not a readable student checkpoint{hint}: {exc}") from exc
-
-
 def _spec_from(data: dict[str, Any], source: str) -> StudentSpec:
     if data.get("format") == FORMAT:
         if data.get("version") != VERSION:
@@ -72,17 +63,19 @@ def _spec_from(data: dict[str, Any], source: str) -> StudentSpec:
     )
 
 
-def load_student(path: Path | dict[str, Any], *, trust: bool = False) -> Student:
+def load_student(path: Path | dict[str, Any], *, trust: bool = False,
+                 opt_in: str = "load_student(trust=True)") -> Student:
     """The exact student a checkpoint (a file, or its already-loaded dict) describes, weights loaded.
 
-    ``trust=True`` allows full unpickling of the file (it runs any code the file holds).
+    The file is read by :func:`d3r.checkpoints.read_checkpoint`: tensors only, unless ``trust`` (the
+    setting named ``opt_in``) allows full unpickling, which runs any code the file holds.
 
     Raises:
-        FileNotFoundError: when the file does not exist.
+        CheckpointError: (a ValueError) naming the file when it cannot be read.
         ValueError: naming the file when it is not a student checkpoint or its weights do not fit its spec.
     """
     source = "checkpoint dict" if isinstance(path, dict) else str(path)
-    data = path if isinstance(path, dict) else _read(Path(path), trust)
+    data = path if isinstance(path, dict) else dict(read_checkpoint(path, opt_in=opt_in, trust=trust))
     if not isinstance(data, dict) or not isinstance(data.get("state_dict"), dict):
         found = sorted(data) if isinstance(data, dict) else type(data).__name__
         raise ValueError(f"{source}: a student checkpoint holds a 'state_dict' dict, got {found}")
