@@ -1,23 +1,72 @@
 """One way to run a job from a command line: resolve the config, run, map errors to exit codes.
 
 Exit status: 0 done; 2 a bad configuration (the message names the field); 3 the job's resources are
-busy (e.g. another job holds the cache table's lock). Used by ``jobs/*.py``, ``d3r.demo`` and ``d3r``.
+busy (e.g. another job holds the cache table's lock); 128 + the signal's number when SIGTERM (143) or
+SIGINT (130) stopped the job. Used by ``jobs/*.py``, ``d3r.demo`` and ``d3r``.
+
+While a job runs, SIGTERM and SIGINT raise :class:`JobInterrupted` in the main thread, so the job
+unwinds (locks released, Ray shut down, committed work kept) and its message says what is safe; a
+second signal ends the process at once.
 """
 
 from __future__ import annotations
 
 import logging
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from types import FrameType
 
 from d3r.config import ConfigError, D3RConfig, load_config, split_config_args
 
 EXIT_CONFIG = 2
 EXIT_BUSY = 3
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class JobBusyError(RuntimeError):
     """What the job needs is held by another job; nothing was done."""
+
+
+class JobInterrupted(BaseException):
+    """SIGTERM or SIGINT reached the job. A BaseException, so that the per-item ``except Exception``
+    of library code never swallows it. ``detail`` says what was kept (set by the job as it unwinds)."""
+
+    def __init__(self, signum: int, detail: str = ""):
+        super().__init__(signum, detail)
+        self.signum, self.detail = signum, detail
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+    def __str__(self) -> str:
+        name = signal.Signals(self.signum).name
+        return f"interrupted by {name}: {self.detail}" if self.detail else f"interrupted by {name}"
+
+
+def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
+    for stop in STOP_SIGNALS:  # a second signal ends the process at once
+        signal.signal(stop, signal.SIG_DFL)
+    raise JobInterrupted(signum)
+
+
+@contextmanager
+def stop_signals_raise() -> Iterator[None]:
+    """Inside: SIGTERM and SIGINT raise :class:`JobInterrupted` (main thread only; elsewhere a no-op)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {stop: signal.getsignal(stop) for stop in STOP_SIGNALS}
+    for stop in STOP_SIGNALS:
+        signal.signal(stop, _raise_interrupted)
+    try:
+        yield
+    finally:
+        for stop, handler in previous.items():
+            signal.signal(stop, signal.SIG_DFL if handler is None else handler)
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -28,9 +77,14 @@ def setup_logging(verbose: bool = False) -> None:
 
 
 def exit_code_for(prog: str, action: Callable[[], object]) -> int:
-    """Run ``action``; print a ConfigError/JobBusyError as one line on stderr and return its exit status."""
+    """Run ``action`` (SIGTERM/SIGINT raising :class:`JobInterrupted`); print a ConfigError, JobBusyError or
+    JobInterrupted as one line on stderr and return its exit status."""
     try:
-        action()
+        with stop_signals_raise():
+            action()
+    except JobInterrupted as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return exc.exit_code
     except ConfigError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return EXIT_CONFIG

@@ -1,8 +1,15 @@
-"""Command-line entry points: config and busy errors raised anywhere in a job become exit codes."""
+"""Command-line entry points: config and busy errors raised anywhere in a job, and stop signals, become
+exit codes."""
+
+import os
+import signal
+import time
+
+import pytest
 
 from d3r.cli import main as cli_main
 from d3r.config import ConfigError
-from d3r.entry import EXIT_BUSY, EXIT_CONFIG, JobBusyError, run_job
+from d3r.entry import EXIT_BUSY, EXIT_CONFIG, STOP_SIGNALS, JobBusyError, run_job
 
 
 def test_errors_inside_the_job_become_exit_codes(capsys):
@@ -28,3 +35,30 @@ def test_cli_eval_with_a_missing_model_exits_2_naming_it(tmp_path, capsys):
     assert cli_main(argv) == EXIT_CONFIG
     err = capsys.readouterr().err
     assert "eval.models" in err and "missing.pt" in err
+
+
+@pytest.mark.parametrize(("stop", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "SIGINT"])
+def test_a_stop_signal_unwinds_the_job_and_exits_128_plus_its_number(capsys, stop, status):
+    unwound = []
+
+    def job(config):
+        try:
+            os.kill(os.getpid(), stop)
+            time.sleep(60)  # the signal interrupts this
+        except Exception:  # library code's per-item robustness must not swallow it
+            unwound.append("swallowed")
+        finally:
+            unwound.append("finally")
+
+    def unhandled(signum, frame):
+        raise AssertionError(f"run_job left signal {signum} to the test's handler")
+
+    before = {s: signal.signal(s, unhandled) for s in STOP_SIGNALS}
+    try:
+        assert run_job("prog", [], job) == status
+        assert {s: signal.getsignal(s) for s in STOP_SIGNALS} == dict.fromkeys(STOP_SIGNALS, unhandled)
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+    assert unwound == ["finally"]
+    assert f"prog: interrupted by {stop.name}" in capsys.readouterr().err
