@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,6 +28,8 @@ from d3r.cache.rows import (
 from d3r.cache.store import (
     CONFIG_KEY,
     LATEST_TAG,
+    OWNER_FILE,
+    TABLE_KEY,
     CacheLockedError,
     CacheStore,
     KeyedTable,
@@ -33,6 +37,7 @@ from d3r.cache.store import (
     rejects_uri,
     table_metadata,
 )
+from d3r.config import ConfigError
 
 SUP = ["sup_a", "sup_b"]
 
@@ -74,7 +79,7 @@ def test_each_append_is_one_version_and_existing_keys_are_dropped(tmp_path: Path
 
 def test_append_rereads_keys_committed_by_another_writer(tmp_path: Path) -> None:
     uri = str(tmp_path / "cache.lance")
-    first, second = KeyedTable(uri), KeyedTable(uri)
+    first, second = KeyedTable(uri, "cache"), KeyedTable(uri, "cache")
     assert second.keys() == set()
     first.append(make_rows(["s1", "s2"]))
     written, _ = second.append(make_rows(["s2", "s3"]))
@@ -153,6 +158,57 @@ def test_opening_removes_orphan_files_and_keeps_every_version(tmp_path: Path) ->
         assert store.done_keys() == {cache_key(s, "fp", "test", 1) for s in ["s1", "s2"]}
 
 
+def test_a_resume_removes_the_files_of_a_kill_in_the_creating_commit(tmp_path: Path) -> None:
+    uri = str(tmp_path / "cache.lance")
+    with CacheStore(uri) as store:
+        store.append(make_rows(["s1"]))
+    for folder in ("_versions", "_transactions"):  # as if killed before the first manifest was written
+        shutil.rmtree(Path(uri) / folder)
+    killed = {p.name for p in (Path(uri) / "data").iterdir()}
+    assert killed and open_dataset(uri) is None
+    with CacheStore(uri) as store:
+        assert store.done_keys() == set()
+        store.append(make_rows(["s2"]))
+        left = {p.name for p in (Path(uri) / "data").iterdir()}
+    assert left and not left & killed
+    assert keys_in(uri) == [cache_key("s2", "fp", "test", 1)]
+
+
+def test_both_tables_are_marked_as_d3rs(tmp_path: Path) -> None:
+    uri = str(tmp_path / "cache.lance")
+    reject = {"key": "k1", "sample_id": "s1", "scene_id": "room", "item": "v0.png", "stage": "load", "reason": "bad"}
+    with CacheStore(uri) as store:
+        store.append(make_rows(["s1"]))
+        store.append_rejects([reject])
+    assert table_metadata(uri)[TABLE_KEY] == "cache" and table_metadata(rejects_uri(uri))[TABLE_KEY] == "rejects"
+    assert (Path(uri) / OWNER_FILE).is_file() and (Path(rejects_uri(uri)) / OWNER_FILE).is_file()
+
+
+def test_a_table_d3r_did_not_write_is_neither_cleaned_nor_written(tmp_path: Path) -> None:
+    uri = str(tmp_path / "cache.lance")
+    lance.write_dataset(pa.table({"id": [1, 2]}), uri)
+    lance.fragment.write_fragments(pa.table({"id": [3]}), uri)  # uncommitted files: not d3r's to delete
+    before = sorted(p.name for p in (Path(uri) / "data").iterdir())
+    with pytest.raises(ConfigError, match="not a table d3r wrote"):
+        CacheStore(uri).__enter__()
+    assert sorted(p.name for p in (Path(uri) / "data").iterdir()) == before
+    with open(f"{uri}.lock") as handle:  # the refusal released the lock
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def test_finish_drops_rejects_whose_key_is_now_cached(tmp_path: Path) -> None:
+    uri = str(tmp_path / "cache.lance")
+    rows = make_rows(["s1", "s2"])
+    retried = {"key": rows["key"][0].as_py(), "sample_id": "s1", "scene_id": "s0", "item": "a,b", "stage": "teacher",
+               "reason": "NaN"}
+    with CacheStore(uri) as store:
+        store.append_rejects([retried, {**retried, "key": "other", "sample_id": "s9"}])
+        store.append(rows)
+        store.finish({})
+        assert store.rejected_keys() == {"other"}
+    assert lance.dataset(rejects_uri(uri), version=1).count_rows() == 2  # the history stays readable
+
+
 def test_finish_records_metadata_and_tags_the_final_version(tmp_path: Path) -> None:
     uri = str(tmp_path / "cache.lance")
     with CacheStore(uri) as store:
@@ -163,6 +219,8 @@ def test_finish_records_metadata_and_tags_the_final_version(tmp_path: Path) -> N
         assert store.finish({CONFIG_KEY: "a: 1\n"}) == first  # nothing new: no new version or tag
         store.append(make_rows(["s2"]))
         second = store.finish({CONFIG_KEY: "a: 2\n"})
+    with CacheStore(uri) as store:  # wrote nothing: the record stays the last writer's
+        assert store.finish({CONFIG_KEY: "a: 3\n"}) == second
     assert second.version > first.version
     assert table_metadata(uri)[CONFIG_KEY] == "a: 2\n"
     assert table_metadata(uri, first.tag)[CONFIG_KEY] == "a: 1\n"

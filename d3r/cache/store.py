@@ -8,7 +8,15 @@ Layout for a cache at ``uri`` (e.g. ``demo_out/cache.lance``):
   rejected item (:data:`d3r.cache.rows.REJECT_SCHEMA`);
 - for local paths, a lock file ``<uri>.lock`` held (``fcntl.flock``) for as long as a job has the
   store open. A second job on the same table is refused with :class:`CacheLockedError`. The OS
-  releases the lock when its holder dies, so a killed job never blocks the next one.
+  releases the lock when its holder dies, so a killed job never blocks the next one. A path where no
+  lock can be taken (a file in the way, a read-only file system, ``ENOLCK``) is a
+  :class:`~d3r.config.ConfigError` naming ``cache.uri``.
+
+Ownership: d3r writes into and deletes from its own tables only. A local table folder that d3r
+creates holds the file :data:`OWNER_FILE` from before its first commit, and both tables record
+:data:`TABLE_KEY` in their schema metadata (remote tables are recognised by that alone; tables of
+older d3r versions by :data:`CONFIG_KEY`). :func:`check_location` refuses, before any work, a
+``cache.uri`` whose path (or its rejects' path) holds anything else.
 
 Exactly once: every append first drops rows whose ``key`` the table already holds (re-reading the
 keys whenever the table's version moved since the last look, i.e. someone else committed), so
@@ -16,34 +24,45 @@ even without the lock (object stores) a rerun never duplicates a row; two *simul
 writers can still race between that check and their commit.
 
 Versions: each append is one Lance version (the first creates the table). Nothing is ever
-overwritten, so every version stays readable. On open, files that no version references (left by a
-killed write) are deleted (``cleanup_old_versions(retain_versions=<all>, delete_unverified=True)``);
-that is only safe under the lock, so it is skipped for unlocked (remote) tables. :meth:`CacheStore.finish`
-writes the resolved config and d3r version into the schema metadata (keys :data:`CONFIG_KEY`,
-:data:`VERSION_KEY`), then tags the final version ``cache-v<version>`` and moves tag ``latest`` to it.
+overwritten, so every version stays readable. Under the lock, files that no version references (left
+by a killed write) are deleted (``cleanup_old_versions(retain_versions=<all>, delete_unverified=True)``)
+when the store opens and right after the commit that creates a table (a kill during that commit
+leaves files no version can reference until then); unlocked (remote) tables are never cleaned.
+:meth:`CacheStore.finish` removes from the rejects the keys now in the cache (a retried item that
+succeeded), writes the resolved config and d3r version into the schema metadata (keys
+:data:`CONFIG_KEY`, :data:`VERSION_KEY`) when this store wrote rows (a run that wrote nothing leaves
+the record alone; each version keeps the metadata it had), then tags the final version
+``cache-v<version>`` and moves tag ``latest`` to it.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 import lance
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from d3r.cache.rows import REJECT_SCHEMA
+from d3r.config import ConfigError
 from d3r.entry import JobBusyError
 
 logger = logging.getLogger(__name__)
 
 CONFIG_KEY = "d3r.config"
 VERSION_KEY = "d3r.version"
+TABLE_KEY = "d3r.table"
 LATEST_TAG = "latest"
+OWNER_FILE = "d3r-table.txt"
+
+TableKind = Literal["cache", "rejects"]
 
 
 class CacheLockedError(JobBusyError):
@@ -59,6 +78,11 @@ def rejects_uri(uri: str) -> str:
 
 def is_local(uri: str) -> bool:
     return "://" not in uri or uri.startswith("file://")
+
+
+def local_path(uri: str) -> Path:
+    """The file-system path of a local ``uri`` (``file://`` prefix and trailing slashes dropped)."""
+    return Path(uri.removeprefix("file://").rstrip("/"))
 
 
 def open_dataset(uri: str, version: int | str | None = None) -> lance.LanceDataset | None:
@@ -79,11 +103,65 @@ def _schema_signature(schema: pa.Schema) -> list[tuple[str, str]]:
     return [(field.name, str(field.type)) for field in schema]
 
 
-class KeyedTable:
-    """A Lance table whose rows have a unique string ``key``: appends drop keys already present."""
+def _metadata(schema: pa.Schema) -> dict[str, str]:
+    return {k.decode(): v.decode() for k, v in (schema.metadata or {}).items()}
 
-    def __init__(self, uri: str):
-        self.uri = uri
+
+def is_d3r_table(uri: str) -> bool:
+    """Whether d3r made the table at ``uri``: its folder holds :data:`OWNER_FILE` (local), or its schema
+    metadata has :data:`TABLE_KEY` (or :data:`CONFIG_KEY`, written by older d3r versions)."""
+    if is_local(uri) and (local_path(uri) / OWNER_FILE).is_file():
+        return True
+    dataset = open_dataset(uri)
+    return dataset is not None and bool({TABLE_KEY, CONFIG_KEY} & set(_metadata(dataset.schema)))
+
+
+def _check_local_location(uri: str) -> None:
+    for path in (local_path(uri), local_path(rejects_uri(uri))):
+        if not (path.exists() or path.is_symlink()):
+            continue
+        if not path.is_dir():
+            raise ConfigError(f"cache.uri: {path} exists and is not a folder; choose another cache.uri")
+        if not is_d3r_table(str(path)):
+            raise ConfigError(
+                f"cache.uri: {path} exists and is not a table d3r wrote; d3r never writes into or deletes what "
+                "it did not create: choose another cache.uri"
+            )
+    folder = local_path(uri).parent
+    while not folder.exists():  # the nearest existing folder: the job creates the rest
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ConfigError(f"cache.uri: {uri} lies under {folder}, which is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"cache.uri: {folder} is not writable (read-only file system or no permission), "
+                          f"so {uri} cannot be written there")
+
+
+def check_location(uri: str) -> None:
+    """Check, before any work, that the cache at ``uri`` can be d3r's: an existing table there and at its
+    rejects' uri was made by d3r; locally also that neither is a file, and that the folder they (and
+    the lock) go in can be written.
+
+    Raises:
+        ConfigError: naming ``cache.uri`` and the path at fault.
+    """
+    if is_local(uri):
+        _check_local_location(uri)
+        return
+    for table_uri in (uri, rejects_uri(uri)):
+        if open_dataset(table_uri) is not None and not is_d3r_table(table_uri):
+            raise ConfigError(f"cache.uri: {table_uri} is a Lance table d3r did not write; choose another cache.uri")
+
+
+class KeyedTable:
+    """A Lance table whose rows have a unique string ``key``: appends drop keys already present.
+
+    ``kind`` is recorded in the table's schema metadata (:data:`TABLE_KEY`). ``locked`` says that the
+    caller holds the table's lock: only then are orphan files removed.
+    """
+
+    def __init__(self, uri: str, kind: TableKind, locked: bool = False):
+        self.uri, self.kind, self.locked = uri, kind, locked
         self._keys: set[str] = set()
         self._seen_version: int | None = None
 
@@ -102,9 +180,10 @@ class KeyedTable:
         return dataset
 
     def remove_orphan_files(self) -> None:
-        """Delete data files no version references (a killed write's); keeps every version."""
+        """Delete data files no version references (a killed write's); keeps every version. Only under the
+        lock, and only on a table d3r made."""
         dataset = open_dataset(self.uri)
-        if dataset is None:
+        if dataset is None or not self.locked or not is_d3r_table(self.uri):
             return
         stats = dataset.cleanup_old_versions(
             retain_versions=len(dataset.versions()), delete_unverified=True, error_if_tagged_old_versions=False
@@ -112,6 +191,18 @@ class KeyedTable:
         if stats.data_files_removed or stats.bytes_removed:
             logger.info("%s: removed %d orphan data files (%d bytes)", self.uri, stats.data_files_removed,
                         stats.bytes_removed)
+
+    def _create_folder(self) -> None:
+        """Make the local table folder with :data:`OWNER_FILE` before the first commit (so a kill during
+        that commit leaves a folder d3r knows as its own)."""
+        folder = local_path(self.uri)
+        if (folder / OWNER_FILE).is_file():
+            return
+        folder.mkdir(parents=True)  # an existing folder without the owner file is not ours: fail
+        (folder / OWNER_FILE).write_text(
+            f"This folder is a Lance table ({self.kind}) written by d3r. d3r writes into and deletes from\n"
+            "folders holding this file only.\n"
+        )
 
     def append(self, table: pa.Table) -> tuple[pa.Table, int | None]:
         """Append the rows of ``table`` whose key is new (first occurrence wins) as one version.
@@ -136,11 +227,27 @@ class KeyedTable:
         if not first:
             return table.slice(0, 0), None
         fresh = table.take(pa.array(sorted(first.values()), type=pa.int64()))
-        mode = "create" if dataset is None else "append"
-        written = lance.write_dataset(fresh, self.uri, schema=table.schema, mode=mode)
+        if dataset is None:
+            if is_local(self.uri):
+                self._create_folder()
+            fresh = fresh.replace_schema_metadata({**_metadata(fresh.schema), TABLE_KEY: self.kind})
+        written = lance.write_dataset(fresh, self.uri, schema=fresh.schema, mode="create" if dataset is None else
+                                      "append")
         self._keys.update(first)
         self._seen_version = written.version
+        if dataset is None:
+            self.remove_orphan_files()
         return fresh, written.version
+
+    def delete_keys(self, keys: set[str]) -> int:
+        """Delete the rows whose key is in ``keys`` (one new version when any); returns how many."""
+        dataset = self._refresh()
+        present = sorted(keys & self._keys)
+        if dataset is None or not present:
+            return 0
+        dataset.delete(pc.field("key").isin(present))
+        self._refresh()
+        return len(present)
 
 
 @dataclass(frozen=True)
@@ -154,39 +261,55 @@ class FinishedCache:
 class CacheStore:
     """The cache table and its rejects, opened by one job at a time (use as a context manager).
 
-    ``with CacheStore(uri) as store:`` takes the lock (local tables), removes orphan files, and
-    gives :meth:`done_keys`, :meth:`append`, :meth:`append_rejects` and :meth:`finish`.
+    ``with CacheStore(uri) as store:`` takes the lock (local tables), checks that both tables are d3r's,
+    removes orphan files, and gives :meth:`done_keys`, :meth:`append`, :meth:`append_rejects` and
+    :meth:`finish`.
     """
 
     def __init__(self, uri: str | Path):
         self.uri = str(uri)
-        self.cache = KeyedTable(self.uri)
-        self.rejects = KeyedTable(rejects_uri(self.uri))
+        self.cache = KeyedTable(self.uri, "cache")
+        self.rejects = KeyedTable(rejects_uri(self.uri), "rejects")
+        self.wrote = False
         self._lock_file: IO[str] | None = None
 
     @property
     def lock_path(self) -> Path:
-        return Path(self.uri.removeprefix("file://").rstrip("/") + ".lock")
+        return Path(str(local_path(self.uri)) + ".lock")
 
     def __enter__(self) -> CacheStore:
-        if is_local(self.uri):
-            self._acquire_lock()
-            self.cache.remove_orphan_files()
-            self.rejects.remove_orphan_files()
-        else:
+        if not is_local(self.uri):
             logger.warning("%s is not a local path: no lock and no orphan cleanup; run one job at a time", self.uri)
+            check_location(self.uri)
+            return self
+        self._acquire_lock()
+        try:
+            check_location(self.uri)
+            for table in (self.cache, self.rejects):
+                table.locked = True
+                table.remove_orphan_files()
+        except BaseException:
+            self._release_lock()
+            raise
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        self._release_lock()
+
+    def _release_lock(self) -> None:
         if self._lock_file is not None:
             fcntl.flock(self._lock_file, fcntl.LOCK_UN)
             self._lock_file.close()
             self._lock_file = None
+        self.cache.locked = self.rejects.locked = False
 
     def _acquire_lock(self) -> None:
         path = self.lock_path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle = path.open("a+")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handle = path.open("a+")
+        except OSError as exc:
+            raise ConfigError(f"cache.uri: cannot create the lock file {path}: {exc.strerror or exc}") from None
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -195,6 +318,13 @@ class CacheStore:
             handle.close()
             raise CacheLockedError(
                 f"another cache job ({holder}) is writing {self.uri} (lock {path}); wait for it to finish"
+            ) from None
+        except OSError as exc:
+            handle.close()
+            name = errno.errorcode.get(exc.errno or 0, "error")
+            raise ConfigError(
+                f"cache.uri: the file system of {path} cannot take a lock ({name}: {exc.strerror or exc}); "
+                "put cache.uri on a local file system"
             ) from None
         handle.seek(0)
         handle.truncate()
@@ -216,7 +346,9 @@ class CacheStore:
         Returns:
             (the rows written, the new version or None when none was new).
         """
-        return self.cache.append(rows)
+        written, version = self.cache.append(rows)
+        self.wrote = self.wrote or version is not None
+        return written, version
 
     def append_rejects(self, rejects: list[Mapping[str, Any]]) -> int:
         """Commit reject rows (:data:`REJECT_SCHEMA`) not already present; returns how many were new."""
@@ -226,13 +358,17 @@ class CacheStore:
         return written.num_rows
 
     def finish(self, metadata: Mapping[str, str]) -> FinishedCache:
-        """Record ``metadata`` (e.g. :data:`CONFIG_KEY`, :data:`VERSION_KEY`) in the schema, tag the
-        final version ``cache-v<version>`` and move ``latest`` to it."""
+        """Drop from the rejects the keys now cached; record ``metadata`` (e.g. :data:`CONFIG_KEY`,
+        :data:`VERSION_KEY`) in the schema when this store wrote rows; tag the final version
+        ``cache-v<version>`` and move ``latest`` to it."""
+        resolved = self.rejects.delete_keys(self.cache.keys())
+        if resolved:
+            logger.info("%s: %d rejected items are now cached; removed them from the rejects", self.uri, resolved)
         dataset = open_dataset(self.uri)
         if dataset is None:
             return FinishedCache(None, None)
-        current = {k.decode(): v.decode() for k, v in (dataset.schema.metadata or {}).items()}
-        if any(current.get(key) != value for key, value in metadata.items()):
+        current = _metadata(dataset.schema)
+        if self.wrote and any(current.get(key) != value for key, value in metadata.items()):
             dataset.update_schema_metadata(dict(metadata))
             dataset = open_dataset(self.uri)
         tags = dataset.tags.list()
@@ -251,5 +387,4 @@ def table_metadata(uri: str, version: int | str | None = None) -> dict[str, str]
     dataset = open_dataset(uri, version)
     if dataset is None:
         raise FileNotFoundError(f"no Lance table at {uri}")
-    return {k.decode(): v.decode() for k, v in (dataset.schema.metadata or {}).items()}
-
+    return _metadata(dataset.schema)
