@@ -2,20 +2,28 @@
 
 ``run_cache_job(config)``:
 
-1. checks what can be checked before any work: the codec name, that an existing table was written
-   with the same encoding settings, and the teacher itself (built once here: a wrong checkpoint
-   fails now, and its fingerprint makes the keys);
-2. opens the :class:`~d3r.cache.store.CacheStore` (the lock; orphan files of a killed run removed)
-   and plans: scenes → samples → keys, skipping keys already in the table (and, unless
-   ``cache.retry_rejected``, keys already in the rejects table);
+1. checks what can be checked before any work: the codec name; that ``cache.uri`` is free or a d3r
+   table in a writable place (:func:`~d3r.cache.store.check_location`); that an existing table was
+   written with this run's settings (:data:`BOUND_FIELDS`); the teacher itself (built once here: a
+   wrong checkpoint fails now, and its fingerprint makes the keys), and that the table's rows come
+   from the same teacher and codec version: a table holds one teacher, one encoding;
+2. plans: scenes → samples → keys, skipping keys already in the table (and, unless
+   ``cache.retry_rejected``, keys already in the rejects table); when there is work, connects to Ray
+   (before taking the lock: an unreachable ``ray.address`` fails within ``ray.connect_timeout_s``);
+   then opens the :class:`~d3r.cache.store.CacheStore` (the lock; orphan files of a killed run removed);
 3. runs Ray Data over the pending samples: :func:`~d3r.cache.stages.load_stage` as CPU tasks, then
    :class:`~d3r.cache.stages.TeacherStage` in an actor pool (``cache.num_actors`` actors,
    ``cache.batch_size`` samples per call, ``cache.num_gpus`` per actor when the cluster has GPUs);
 4. the driver iterates the results and commits every ``cache.chunk_samples`` good rows as one Lance
    version, plus their rejects; a killed job loses at most the uncommitted chunk, and a rerun
    computes only what is missing;
-5. finally records the config and d3r version in the table's metadata, tags the version
-   (``cache-v<version>`` and ``latest``) and returns a :class:`CacheSummary`.
+5. finally drops from the rejects what is now cached, records the config and d3r version in the
+   table's metadata (when this run wrote rows), tags the version (``cache-v<version>`` and
+   ``latest``) and returns a :class:`CacheSummary`.
+
+Interrupted (:class:`~d3r.entry.JobInterrupted`, SIGTERM/SIGINT under :mod:`d3r.entry`): the lock is
+released, a Ray started here is shut down, committed chunks stay, and the re-raised interruption says
+how many samples are safe.
 
 Ray: ``ray.address`` when set, else ``ray.init()`` (which honours ``RAY_ADDRESS``, joins a cluster
 running on this machine, or starts a local one). A Ray already initialised by the caller is used
@@ -24,7 +32,12 @@ as is and left running.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import signal
+import socket
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -41,8 +54,17 @@ import d3r
 from d3r.cache.codec import get_codec
 from d3r.cache.rows import cache_key, cache_schema
 from d3r.cache.stages import OK, WORK_SCHEMA, TeacherStage, load_stage, pack_sample
-from d3r.cache.store import CONFIG_KEY, VERSION_KEY, CacheStore, open_dataset, rejects_uri, table_metadata
+from d3r.cache.store import (
+    CONFIG_KEY,
+    VERSION_KEY,
+    CacheStore,
+    check_location,
+    open_dataset,
+    rejects_uri,
+    table_metadata,
+)
 from d3r.config import ConfigError, D3RConfig, RayConfig, TeacherConfig, config_to_yaml
+from d3r.entry import JobInterrupted
 from d3r.scenes.sampling import sample_scene
 from d3r.scenes.sources import list_scenes
 from d3r.teachers.base import Teacher, build_teacher, fingerprint_id
@@ -50,8 +72,10 @@ from d3r.teachers.base import Teacher, build_teacher, fingerprint_id
 logger = logging.getLogger(__name__)
 
 TeacherFactory = Callable[[TeacherConfig], Teacher]
-# Settings a table is bound to: rows written under other values would mix in one table.
-ENCODING_FIELDS = ("cache.codec", "cache.global_target", "cache.align_percentile", "scenes.val_fraction")
+# Settings a table is bound to: rows written under other values would mix in one table (the teacher is
+# bound by its fingerprint, see check_table_teacher).
+BOUND_FIELDS = ("cache.codec", "cache.global_target", "cache.align_percentile", "cache.image_format",
+                "scenes.val_fraction", "scenes.long_side", "scenes.patch_size")
 PROGRESS_EVERY_S = 10.0
 # Half a CPU per load task: loading is light next to the teacher, and resources that differ from the
 # actors' keep Ray Data from fusing the load into the teacher actors (which would serialise the two).
@@ -117,11 +141,11 @@ class Plan:
     rejects: list[dict[str, Any]] = field(default_factory=list)
 
 
-def check_table_encoding(config: D3RConfig) -> None:
-    """An existing table must have been written with this run's codec settings.
+def check_table_settings(config: D3RConfig) -> None:
+    """An existing table must have been written with this run's :data:`BOUND_FIELDS`.
 
     Raises:
-        ConfigError: naming the ``cache.*`` field that differs.
+        ConfigError: naming the field that differs.
     """
     if open_dataset(config.cache.uri) is None:
         return
@@ -130,14 +154,57 @@ def check_table_encoding(config: D3RConfig) -> None:
         return
     recorded = yaml.safe_load(recorded_yaml) or {}
     ours = config.model_dump(mode="json")
-    for dotted in ENCODING_FIELDS:
+    for dotted in BOUND_FIELDS:
         section, name = dotted.split(".")
         theirs = recorded.get(section, {})
         if name in theirs and theirs[name] != ours[section][name]:
             raise ConfigError(
                 f"{dotted}: the table {config.cache.uri} was written with {theirs[name]!r}, this run asks for "
-                f"{ours[section][name]!r}; use another cache.uri"
+                f"{ours[section][name]!r}; use a new cache.uri for other settings"
             )
+
+
+def _teacher_field(config: D3RConfig, entry: str) -> str:
+    """The setting behind a teacher fingerprint entry: ``teacher.<entry>`` for a config field, else (the
+    model and its weights) ``teacher.checkpoint`` when the teacher has one."""
+    if entry in TeacherConfig.model_fields:
+        return f"teacher.{entry}"
+    return "teacher.checkpoint" if config.teacher.checkpoint is not None else f"teacher ({entry})"
+
+
+def check_table_teacher(config: D3RConfig, fingerprint: dict[str, Any]) -> None:
+    """Every row of an existing table must come from this run's teacher (``fingerprint``) and codec version.
+
+    Raises:
+        ConfigError: naming the teacher field (or ``cache.codec``) that differs.
+    """
+    dataset = open_dataset(config.cache.uri)
+    if dataset is None:
+        return
+    codec = get_codec(config.cache.codec)
+    found = dataset.to_table(columns=["teacher_fingerprint", "codec", "codec_version"]).group_by(
+        ["teacher_fingerprint", "codec", "codec_version"]).aggregate([])
+    for row in found.to_pylist():
+        if (row["codec"], row["codec_version"]) != (codec.name, codec.version):
+            raise ConfigError(
+                f"cache.codec: the table {config.cache.uri} holds {row['codec']} version {row['codec_version']} "
+                f"rows, this run writes {codec.name} version {codec.version}; use a new cache.uri"
+            )
+    ours = json.loads(json.dumps(fingerprint, default=str))  # as the rows store it
+    theirs_ids = set(found["teacher_fingerprint"].to_pylist()) - {fingerprint_id(fingerprint)}
+    if not theirs_ids:
+        return
+    theirs_id = sorted(theirs_ids)[0]
+    sample = dataset.to_table(columns=["teacher_fingerprint_json"], filter=pc.field("teacher_fingerprint") == theirs_id,
+                              limit=1)
+    theirs = json.loads(sample["teacher_fingerprint_json"][0].as_py())
+    entries = sorted(key for key in theirs.keys() | ours.keys() if theirs.get(key) != ours.get(key))
+    fields = sorted({_teacher_field(config, entry) for entry in entries})
+    changes = "; ".join(f"{entry}: {theirs.get(entry)!r} there, {ours.get(entry)!r} here" for entry in entries)
+    raise ConfigError(
+        f"{', '.join(fields)}: the table {config.cache.uri} was written by another teacher ({changes}); a table "
+        "holds one teacher's rows: use a new cache.uri for this teacher"
+    )
 
 
 def check_patch_size(config: D3RConfig, teacher: Teacher) -> None:
@@ -177,18 +244,56 @@ def plan_samples(config: D3RConfig, fingerprint: str, done: set[str], rejected: 
     return plan
 
 
+def ray_endpoint(address: str) -> tuple[str, int] | None:
+    """``(host, port)`` of a Ray address (``host:port``, ``ray://host:port``); None for ``auto``, ``local``."""
+    host, colon, port = address.split("://", 1)[-1].rpartition(":")
+    return (host.strip("[]"), int(port)) if colon and port.isdigit() else None
+
+
+def check_ray_reachable(config: RayConfig) -> None:
+    """The Ray address the job will join (``ray.address``, else ``RAY_ADDRESS``) answers within
+    ``ray.connect_timeout_s`` (``ray.init`` itself would wait minutes).
+
+    Raises:
+        ConfigError: naming ``ray.address`` and the address.
+    """
+    address = config.address or os.environ.get("RAY_ADDRESS")
+    endpoint = ray_endpoint(address) if address else None
+    if endpoint is None:
+        return
+    try:
+        socket.create_connection(endpoint, timeout=config.connect_timeout_s).close()
+    except OSError as exc:
+        origin = "ray.address" if config.address else "ray.address (unset; RAY_ADDRESS)"
+        raise ConfigError(
+            f"{origin}: cannot reach the Ray cluster at {address} within ray.connect_timeout_s="
+            f"{config.connect_timeout_s:g} s ({exc}); check the address, or unset it to start a local Ray"
+        ) from None
+
+
 @contextmanager
 def ray_session(config: RayConfig) -> Iterator[None]:
-    """Ray for the job: the caller's when already initialised, else ``ray.init`` (shut down after)."""
+    """Ray for the job: the caller's when already initialised, else ``ray.init`` (shut down after).
+
+    ``ray.init`` replaces the SIGTERM handler with its own; the caller's is put back, so that SIGTERM
+    still stops the job cleanly (see :mod:`d3r.entry`).
+    """
     if ray.is_initialized():
         yield
         return
+    check_ray_reachable(config)
     kwargs: dict[str, Any] = {}
     if config.address:
         kwargs["address"] = config.address
     if config.num_cpus:
         kwargs["num_cpus"] = config.num_cpus
-    ray.init(**kwargs)
+    main_thread = threading.current_thread() is threading.main_thread()
+    sigterm = signal.getsignal(signal.SIGTERM) if main_thread else None
+    try:
+        ray.init(**kwargs)
+    finally:
+        if sigterm is not None:
+            signal.signal(signal.SIGTERM, sigterm)
     try:
         yield
     finally:
@@ -333,41 +438,62 @@ def run_cache_job(config: D3RConfig, *, teacher_factory: TeacherFactory = build_
     once in the driver and once per actor, so it must be picklable.
 
     Raises:
-        ConfigError: before any work, for a bad codec, source, encoding mismatch or teacher/checkpoint.
+        ConfigError: before any work, for a bad codec, cache.uri, source, bound setting, teacher/checkpoint
+            or an unreachable ray.address.
         CacheLockedError: when another job is writing the same table.
+        JobInterrupted: re-raised with how many samples are safe in the table.
     """
     started = time.monotonic()
     try:
         get_codec(config.cache.codec)
     except ValueError as exc:
         raise ConfigError(f"cache.codec: {exc}") from None
-    check_table_encoding(config)
+    check_location(config.cache.uri)
+    check_table_settings(config)
+    try:
+        return _run(config, teacher_factory, started)
+    except JobInterrupted as exc:
+        raise JobInterrupted(exc.signum, _safe_samples(config.cache.uri)) from None
+
+
+def _safe_samples(uri: str) -> str:
+    dataset = open_dataset(uri)
+    rows = 0 if dataset is None else dataset.count_rows()
+    return f"{rows} samples are safe in {uri}; run the same command again to resume"
+
+
+def _run(config: D3RConfig, teacher_factory: TeacherFactory, started: float) -> CacheSummary:
     list_scenes(config.scenes)  # checks scenes.source / scenes.root now
     teacher = teacher_factory(config.teacher)
     check_patch_size(config, teacher)
-    local_fingerprint = dict(teacher.fingerprint)
     summary = CacheSummary(uri=config.cache.uri)
     metadata = {CONFIG_KEY: config_to_yaml(config), VERSION_KEY: d3r.__version__}
-    with CacheStore(config.cache.uri) as store, ExitStack() as ray_scope:
+    store = CacheStore(config.cache.uri)
+    with ExitStack() as ray_scope:
         num_gpus = config.cache.num_gpus
         if num_gpus > 0:  # the fingerprint must come from where the actors will run
             ray_scope.enter_context(ray_session(config.ray))
             num_gpus = teacher_gpus(num_gpus)
-        fingerprint = fingerprint_id(teacher_fingerprint(config, teacher_factory, num_gpus, local_fingerprint))
+        full_fingerprint = teacher_fingerprint(config, teacher_factory, num_gpus, dict(teacher.fingerprint))
+        check_table_teacher(config, full_fingerprint)
+        fingerprint = fingerprint_id(full_fingerprint)
+        # Planned before the lock (reads only), so that Ray is reached without holding it; appends drop
+        # keys that another job committed meanwhile.
         plan = plan_samples(config, fingerprint, store.done_keys(), store.rejected_keys())
         summary.samples, summary.skipped_done, summary.skipped_rejected = (
             plan.samples, plan.skipped_done, plan.skipped_rejected)
-        new_list_rejects = store.append_rejects(plan.rejects)
-        if new_list_rejects:
-            summary.rejected[("list", "unusable scene")] += new_list_rejects
         logger.info("cache %s: %d samples, %d to compute, %d already cached, %d rejected before",
                     config.cache.uri, plan.samples, len(plan.items), plan.skipped_done, plan.skipped_rejected)
         if plan.items:
             ray_scope.enter_context(ray_session(config.ray))
-            writer = ChunkWriter(store, summary, config.cache.chunk_samples, len(plan.items), metadata)
-            run_pending(config, plan.items, writer, fingerprint, teacher_factory, num_gpus)
-        finished = store.finish(metadata)
+        with store:
+            new_list_rejects = store.append_rejects(plan.rejects)
+            if new_list_rejects:
+                summary.rejected[("list", "unusable scene")] += new_list_rejects
+            if plan.items:
+                writer = ChunkWriter(store, summary, config.cache.chunk_samples, len(plan.items), metadata)
+                run_pending(config, plan.items, writer, fingerprint, teacher_factory, num_gpus)
+            finished = store.finish(metadata)
     summary.version, summary.tag = finished.version, finished.tag
     summary.seconds = time.monotonic() - started
     return summary
-
