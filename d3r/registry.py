@@ -26,7 +26,7 @@ from typing import Any
 import mlflow
 import numpy as np
 import torch
-from mlflow.exceptions import MlflowException
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.models import ModelSignature
 from mlflow.models.model import ModelInfo
 from mlflow.tracking import MlflowClient
@@ -140,14 +140,12 @@ class Registration:
     reason: str = ""
 
 
-def _current_champion(client: MlflowClient, name: str) -> Any | None:
-    try:
-        return client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
-        return None
+def _current_champion(client: MlflowClient, name: str) -> ModelVersion | None:
+    version = client.get_registered_model(name).aliases.get(CHAMPION)
+    return None if version is None else client.get_model_version(name, str(version))
 
 
-def _decide(champion: Any | None, metric: str, value: float) -> tuple[bool, float | None, str]:
+def _decide(champion: ModelVersion | None, metric: str, value: float) -> tuple[bool, float | None, str]:
     """(move champion?, the champion's value of ``metric`` or None, why)."""
     if not math.isfinite(value):
         return False, None, f"{metric}={value} is not finite; the champion stays"
