@@ -592,6 +592,14 @@ def config_to_yaml(config: D3RConfig) -> str:
 # ---- --help: the options a command reads ----
 
 
+JOB_SECTIONS: dict[str, tuple[str, ...]] = {
+    "cache": ("scenes", "teacher", "cache", "ray"),
+    "train": ("train", "student", "cache", "mlflow", "ray"),
+    "eval": ("eval", "scenes", "teacher", "student", "cache", "mlflow", "ray"),
+}
+"""The config sections each job reads, in the order its ``--help`` lists them."""
+
+
 def _type_name(annotation: Any) -> str:
     """How a field's value is written on the command line: ``INT``, ``{a,b}``, ``[INT,INT]``, ``PATH``…"""
     names = []
@@ -628,7 +636,6 @@ def options_help(sections: Sequence[str]) -> str:
     """
     lines = [
         "configuration (precedence: command line > environment > YAML file > defaults):",
-        "  --config PATH                 a YAML file of sections (e.g. conf/demo.yaml)",
         "  --section.field VALUE         one field; lists as [a,b]; null for none",
         "  D3R_SECTION__FIELD=VALUE      the same from the environment (two underscores)",
         "  `d3r config show` prints every resolved value",
@@ -649,9 +656,10 @@ def options_help(sections: Sequence[str]) -> str:
 
 def add_config_arguments(parser: argparse.ArgumentParser, sections: Sequence[str]) -> argparse.ArgumentParser:
     """Give ``parser`` the ``--config PATH`` option and a ``--help`` that lists the fields of ``sections``
-    (:func:`options_help`); ``--section.field VALUE`` overrides stay for ``parse_known_args`` to return."""
+    (:func:`options_help`); ``--section.field VALUE`` overrides stay for ``parse_known_args`` to return.
+    Call it after adding the parser's own arguments (its usage line is made from them)."""
     parser.add_argument("--config", metavar="PATH", help="YAML config file (e.g. conf/demo.yaml); default: built-in")
-    parser.usage = f"{parser.prog} [--config PATH] [--section.field VALUE ...]"
+    parser.usage = parser.format_usage().removeprefix("usage: ").strip() + " [--section.field VALUE ...]"
     parser.epilog = options_help(sections)
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     return parser
