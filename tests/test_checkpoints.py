@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
 from collections.abc import Callable
@@ -121,8 +122,8 @@ def saved(value: object) -> Callable[[Path], None]:
 
 # (case, file name, writer, message fragment): every one is unreadable for the teacher and the student alike
 UNREADABLE = [
-    ("random bytes", "w.pth", lambda p: p.write_bytes(os.urandom(4096)), "refuses it"),
-    ("random bytes, safetensors", "w.safetensors", lambda p: p.write_bytes(os.urandom(4096)),
+    ("random bytes", "w.pth", lambda p: p.write_bytes(random.Random(0).randbytes(4096)), "refuses it"),
+    ("random bytes, safetensors", "w.safetensors", lambda p: p.write_bytes(random.Random(0).randbytes(4096)),
      "cannot be read as a checkpoint"),
     ("empty file", "w.pth", lambda p: p.write_bytes(b""), "is empty"),
     ("truncated zip", "w.pth", lambda p: (torch.save({"a": torch.zeros(99)}, p),
@@ -157,6 +158,14 @@ def test_unreadable_checkpoints_are_checkpoint_errors(tmp_path, load, case, name
     with pytest.raises(CheckpointError) as info:
         load(path)
     assert str(path) in str(info.value) and fragment in str(info.value), case
+
+
+def test_any_random_bytes_are_a_checkpoint_error(tmp_path):
+    path = tmp_path / "w.pth"
+    for seed in range(40):  # torch.load raises UnpicklingError, IndexError, KeyError, UnicodeDecodeError... on these
+        path.write_bytes(random.Random(seed).randbytes(4096))
+        with pytest.raises(CheckpointError, match="w.pth"):
+            read_checkpoint(path, opt_in="teacher.trust_checkpoint")
 
 
 def test_a_folder_is_a_checkpoint_error(tmp_path):
