@@ -235,6 +235,33 @@ def build_fast3r(preset: str = "release", view_chunk: int = 25, **overrides: Any
     return Fast3R(fast3r_config(preset, **overrides), view_chunk=view_chunk)
 
 
+RANDOM_WEIGHTS = Path("random")
+"""``teacher.checkpoint: random``: the preset with seeded random weights, FOR TESTING ONLY."""
+
+
+def random_fast3r(preset: str, seed: int, view_chunk: int = 25) -> Fast3R:
+    """FOR TESTING ONLY: the preset with random weights drawn from ``seed`` (same seed, same weights, in
+    any process); ``weights_sha256`` is ``random-seed-<seed>``, so caches of it never pass for real ones."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_fast3r(preset, view_chunk=view_chunk)
+    model.weights_sha256 = f"random-seed-{seed}"
+    return model.eval()
+
+
+def _preset_hint(state: Mapping[str, torch.Tensor], config: Fast3RConfig) -> str:
+    """``; it looks like preset 'tiny' (teacher.preset: tiny)`` when another preset fits ``state``'s keys and shapes."""
+    shapes = {key: tuple(value.shape) for key, value in state.items()}
+    for name, preset in PRESETS.items():
+        if preset == config:
+            continue
+        with torch.device("meta"):
+            expected = {key: tuple(value.shape) for key, value in Fast3R(preset).state_dict().items()}
+        if expected == shapes:
+            return f"; it looks like preset {name!r} (teacher.preset: {name})"
+    return ""
+
+
 # ---- config.json (the Hugging Face layout written by the official ``save_pretrained``) ----
 
 _JSON_TO_FIELD = {
@@ -481,7 +508,10 @@ def load_fast3r(path: str | Path, preset: str | None = None, view_chunk: int = 2
     state = read_state_dict(weights, trust=trust)
     with torch.device("meta"):
         model = Fast3R(config, view_chunk=view_chunk)
-    check_state_dict(state, model, str(weights))
+    try:
+        check_state_dict(state, model, str(weights))
+    except CheckpointError as error:
+        raise CheckpointError(f"{error}{_preset_hint(state, config)}") from None
     model.load_state_dict(state, strict=True, assign=True)
     model.weights_sha256 = file_sha256(weights)
     return model.eval()
@@ -562,7 +592,9 @@ class Fast3RTeacher:
 
 @register_teacher("fast3r")
 def build_fast3r_teacher(config: TeacherConfig) -> Fast3RTeacher:
-    """Load the checkpoint named by ``teacher.checkpoint`` (checked before any work) and wrap it.
+    """Load the checkpoint named by ``teacher.checkpoint`` (checked before any work) and wrap it;
+    ``random`` (:data:`RANDOM_WEIGHTS`) builds ``teacher.preset`` with weights seeded by ``teacher.seed``
+    instead, for testing only.
 
     Raises:
         ConfigError: naming ``teacher.checkpoint`` (a CheckpointError: unreadable, refused by ``weights_only``
@@ -573,6 +605,10 @@ def build_fast3r_teacher(config: TeacherConfig) -> Fast3RTeacher:
                           "(model.safetensors, a config.json + model.safetensors directory, or a Lightning .ckpt)")
     if config.preset not in PRESETS:
         raise ConfigError(f"teacher.preset={config.preset!r} is not a Fast3R preset; known: {sorted(PRESETS)}")
+    if config.checkpoint == RANDOM_WEIGHTS:
+        logger.warning("teacher.checkpoint=random: Fast3R preset %r with random weights (seed %d), FOR TESTING ONLY: "
+                       "its outputs are no reconstruction", config.preset, config.seed)
+        return Fast3RTeacher(random_fast3r(config.preset, config.seed, config.view_chunk), config)
     try:
         model = load_fast3r(config.checkpoint, preset=config.preset, view_chunk=config.view_chunk,
                             trust=config.trust_checkpoint)
