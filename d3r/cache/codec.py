@@ -15,7 +15,8 @@ A codec is named and versioned; a cache row records both (``codec``, ``codec_ver
   * global points: a per-view Sim(3) of the local points (Fast3R's aligned-local target, fitted on the
     pixels at or above the ``align_percentile``-th global-confidence percentile). With
     ``global_target="global_head"`` the raw global head is kept too, as a quantised residual
-    ``(global − Sim3(decoded local)) / ‖Sim3(decoded local)‖``;
+    ``(global − Sim3(decoded local)) / ‖Sim3(decoded local)‖`` (a point whose prediction is more than twice
+    as far from the origin as itself is an exception instead, so its error stays relative to itself);
   * confidence: ``log(C − 1)`` quantised; pixels with ``C == 1`` are exact (a bitmask); the global
     confidence is coded as its difference from the local one when that is smaller;
   * pixels with no point (all three coordinates 0) are exact (a bitmask); points the parametrisation
@@ -32,16 +33,16 @@ A codec is named and versioned; a cache row records both (``codec``, ``codec_ver
   camera, a teacher with random weights), a map of a view is stored *plain* instead: float16, exactly as
   the ``fp16`` codec stores it (so its error is that codec's), or float32 when the view's map holds a value
   beyond float16's range (which ``fp16`` refuses). The encoder picks plain when the model's bytes for that
-  map of that view (its planes, 16 bytes per exception and a bitmask, counted before the column-wide zstd)
-  exceed the plain bytes, or when the model cannot hold the values (``C − 1`` above 1e30, a Sim(3) that
-  overflows float32). With the aligned-local target, a view whose local points are plain keeps its global
-  points plain too. So no view costs more than the ``fp16`` codec's bytes for it, plus a fixed ~160-byte
-  overhead per view (view parameters, chunk lengths) and one header per sample; values of any finite
-  magnitude are kept (only a Sim(3) that cannot be fitted, or an aligned-local target beyond float32, is
-  refused with a ``ValueError``). The choice is recorded in the ``sup_header`` column: ``storage`` holds,
-  per map, one character per view (``m`` model, ``d`` conf_global's codes as a difference from
-  conf_local's, ``h`` float16, ``f`` float32); plain views are byte-shuffled and zstd-compressed together
-  in ``sup_plain``.
+  map of that view (its planes, 16 bytes per exception and a bitmask, counted before the column-wide zstd;
+  with ``zstd_level`` 0, the planes as zstd would store them) exceed the plain bytes, or when the model
+  cannot hold the values (``C − 1`` above 1e30, a Sim(3) that overflows float32). With the aligned-local
+  target, a view whose local points are plain keeps its global points plain too. So no view costs more
+  than the ``fp16`` codec's bytes for it, plus a fixed ~160-byte overhead per view (view parameters, chunk
+  lengths) and one header per sample; values of any finite magnitude are kept (only a Sim(3) that cannot
+  be fitted, or an aligned-local target beyond float32, is refused with a ``ValueError``). The choice is
+  recorded in the ``sup_header`` column: ``storage`` holds, per map, one character per view (``m`` model,
+  ``d`` conf_global's codes as a difference from conf_local's, ``h`` float16, ``f`` float32); plain views
+  are byte-shuffled and zstd-compressed together in ``sup_plain``.
 """
 
 from __future__ import annotations
@@ -373,7 +374,8 @@ class D3rV1Codec(Codec):
     Equal steps minimise the squared error for the bytes; at 1.6e-3 the three rounding errors together give a
     median relative point error of about 8e-4 when all three are busy (a real teacher's noisy rays).
     Steps are written into the ``sup_header`` column, so samples encoded with other steps decode too.
-    ``zstd_level`` 0 leaves the columns uncompressed (for the store's own compression).
+    ``zstd_level`` 0 leaves the columns uncompressed (for the store's own compression); the plain fallback then
+    compares what zstd makes of the model's planes with the plain bytes.
     """
 
     depth_step: float = 1.6e-3
@@ -438,7 +440,7 @@ class D3rV1Codec(Codec):
         zero_missing(planes, valid)
         fits = np.logical_and.reduce([np.isfinite(plane).reshape(n, -1).all(1) for plane in sim3_planes(planes, sim3)])
         depth_chunks, ray_chunks = pack_views(depth_codes, self.zstd_level), pack_views(ray_codes, self.zstd_level)
-        costs = chunk_bytes(depth_chunks) + chunk_bytes(ray_chunks) + view_bytes(exceptions) + mask_bytes(h, w)
+        costs = self._cost(depth_chunks) + self._cost(ray_chunks) + view_bytes(exceptions) + mask_bytes(h, w)
         kinds = storage["pts3d_local"] = choose_storage(local, costs, fits)
         set_plain_planes(planes, local, kinds)
         columns["sup_view_params"] = np.concatenate([pinhole, sim3], axis=1).astype("<f8").tobytes()
@@ -459,7 +461,7 @@ class D3rV1Codec(Codec):
         codes, codable = self._residual_codes(glob, valid & has_point(np.stack(planes, -1)), sim3_planes(planes, sim3))
         exceptions = valid & ~codable
         chunks = pack_views(codes, self.zstd_level)
-        costs = chunk_bytes(chunks) + view_bytes(exceptions) + mask_bytes(h, w)
+        costs = self._cost(chunks) + view_bytes(exceptions) + mask_bytes(h, w)
         kinds = storage["pts3d_global"] = choose_storage(glob, costs, np.ones(len(glob), dtype=bool))
         columns["sup_global_residual"] = join_chunks(keep_model(chunks, kinds))
         model = is_model(kinds)[:, None, None]
@@ -476,18 +478,23 @@ class D3rV1Codec(Codec):
         codes = {key: self._conf_codes(maps[key], ~one[key]) for key in CONF_KEYS}
         fits = {key: maps[key].reshape(n, -1).max(1) - 1 <= CONF_LIMIT for key in CONF_KEYS}
         chunks = pack_views(codes["conf_local"], self.zstd_level)
-        kinds = storage["conf_local"] = choose_storage(maps["conf_local"], chunk_bytes(chunks) + mask_bytes(h, w),
+        kinds = storage["conf_local"] = choose_storage(maps["conf_local"], self._cost(chunks) + mask_bytes(h, w),
                                                        fits["conf_local"])
         columns["sup_conf_local"] = join_chunks(keep_model(chunks, kinds))
         own = pack_views(codes["conf_global"], self.zstd_level)
         difference = pack_views(codes["conf_global"] - codes["conf_local"], self.zstd_level)
-        from_local = is_model(kinds) & (chunk_bytes(difference) < chunk_bytes(own))
+        from_local = is_model(kinds) & (self._cost(difference) < self._cost(own))
         chunks = [d if use else o for d, o, use in zip(difference, own, from_local, strict=True)]
-        kinds = choose_storage(maps["conf_global"], chunk_bytes(chunks) + mask_bytes(h, w), fits["conf_global"])
+        kinds = choose_storage(maps["conf_global"], self._cost(chunks) + mask_bytes(h, w), fits["conf_global"])
         kinds = storage["conf_global"] = "".join(FROM_LOCAL if kind == MODEL and use else kind
                                                  for kind, use in zip(kinds, from_local, strict=True))
         columns["sup_conf_global"] = join_chunks(keep_model(chunks, kinds))
         return [one[key] & is_model(storage[key])[:, None, None] for key in ("conf_local", "conf_global")]
+
+    def _cost(self, chunks: list[bytes]) -> np.ndarray:
+        """``[N]`` bytes each view's chunk costs in :func:`join_chunks`. Chunks left uncompressed for the store
+        (``zstd_level`` 0) count as zstd makes them, since that is what the store keeps at rest."""
+        return np.array([4 + (len(chunk) if self.zstd_level else len(compress(chunk, 1))) for chunk in chunks])
 
     def _local_codes(
         self, local: np.ndarray, valid: np.ndarray
@@ -619,11 +626,6 @@ def choose_storage(values: np.ndarray, model_bytes: np.ndarray, model_fits: np.n
 def mask_bytes(h: int, w: int) -> int:
     """Bytes of one bitmask plane of a view before compression (charged to the model's cost)."""
     return -(-h * w // 8)
-
-
-def chunk_bytes(chunks: list[bytes]) -> np.ndarray:
-    """``[N]`` bytes each view's chunk takes in :func:`join_chunks`."""
-    return np.array([4 + len(chunk) for chunk in chunks])
 
 
 def view_bytes(exceptions: np.ndarray) -> np.ndarray:
