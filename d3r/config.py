@@ -74,8 +74,12 @@ class ScenesConfig(Section):
     max_upscale: float = Field(4.0, ge=1.0, description="largest factor an image may be enlarged by")
     max_aspect_ratio: float = Field(8.0, ge=1.0, description="most extreme long side / short side")
     max_pixels: int = Field(120_000_000, ge=1, description="most pixels in one input image (decompression bombs)")
+    max_crop_fraction: float = Field(0.15, ge=0.0, le=1.0, description="most share of a view's pixels cut away to "
+                                     "fit its sample's aspect ratio; views of unlike shapes go to separate samples")
     # view-set sampling
     views_per_sample: int = Field(4, ge=1, description="views per sample: the teacher sees them together")
+    min_views: int = Field(2, ge=1, description="a scene (or a group of like-shaped views) with fewer views than "
+                           "views_per_sample but at least this many becomes one sample of all its views")
     sampling: Literal["consecutive", "strided", "random", "covisible"] = Field(
         "consecutive", description="how a scene's views are grouped into samples (covisible needs poses)")
     stride: int = Field(1, ge=1, description="step between the views of a sample (consecutive, strided)")
@@ -83,6 +87,13 @@ class ScenesConfig(Section):
     min_overlap: float = Field(0.3, ge=0.0, le=1.0, description="covisible: least share of the reference view's "
                                "points another view must see")
     val_fraction: float = Field(0.25, ge=0.0, le=1.0, description="share of scenes in the val split (by scene id)")
+
+    @model_validator(mode="after")
+    def _one_frame_rule(self) -> ScenesConfig:
+        if self.video_stride is not None and self.video_fps is not None:
+            raise ValueError(f"scenes.video_stride={self.video_stride} and scenes.video_fps={self.video_fps:g} are "
+                             "both set; set one (every k-th frame, or frames per second)")
+        return self
 
 
 class TeacherConfig(Section):

@@ -100,6 +100,14 @@ def test_video_fps_selection(tmp_path):
     assert frame_indices(info, None, None) == list(range(30))
 
 
+def test_setting_both_video_stride_and_video_fps_is_a_config_error_naming_both():
+    from d3r.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=r"video_stride=2 and scenes.video_fps=5 are both set") as info:
+        load_config(None, ["--scenes.video_stride", "2"], environ={"D3R_SCENES__VIDEO_FPS": "5"})
+    assert "video_stride from command line" in str(info.value) and "D3R_SCENES__VIDEO_FPS" in str(info.value)
+
+
 def test_unreadable_video_is_a_reject_and_listing_goes_on(tmp_path):
     _write_video(tmp_path / "a_good.mp4", 4)
     (tmp_path / "b_broken.mp4").write_bytes(b"this is not a video at all" * 10)

@@ -3,7 +3,14 @@
 import numpy as np
 import pytest
 
-from d3r.scenes.preprocess import crop_to_patch, crop_views_to_patch, preprocess_views, resize_crop_view, target_size
+from d3r.scenes.preprocess import (
+    crop_to_patch,
+    crop_views_to_patch,
+    fit_sample,
+    preprocess_views,
+    resize_crop_view,
+    target_size,
+)
 from d3r.scenes.records import View
 
 
@@ -64,6 +71,32 @@ def test_preprocess_views_brings_mixed_sizes_to_one():
     out = preprocess_views(views, long_side=112, patch_size=16)
     assert {v.image.shape for v in out} == {(80, 112, 3)}
     assert all(v.K is not None for v in out)
+
+
+def test_a_view_of_the_other_orientation_is_turned_and_kept_whole():
+    """A landscape photo in a portrait sample was cover-cropped to 43% of its width; now it is turned."""
+    views = [ramp_view(240, 320), ramp_view(320, 240), ramp_view(240, 320)]
+    out = preprocess_views(views, long_side=112, patch_size=16)
+    assert {v.image.shape for v in out} == {(112, 80, 3)}
+    assert [v.meta["turns"] for v in out] == [0, 1, 0] and all(v.meta["crop_share"] == 0 for v in out)
+    # the turned view still shows every column and row of the photo (red = column, green = row ramps)
+    turned = out[1].image.astype(int)
+    assert turned[..., 0].min() < 8 and turned[..., 0].max() > 247  # all 320 columns, now down the image
+    assert turned[..., 1].min() < 8 and turned[..., 1].max() > 247
+    assert np.abs(np.diff(turned[:, 40, 0])).max() < 12 and np.abs(np.diff(turned[40, :, 1])).max() < 12
+
+
+@pytest.mark.parametrize(("sizes", "size", "shares"), [
+    # one shape in both orientations: the first view's target, nothing cut
+    ([(640, 480), (480, 640), (320, 240)], (224, 160), [0.0, 0.0, 0.0]),
+    # 4:3 with 16:9: the geometric mean aspect cuts both by the same least share, 1 - sqrt(3/4 * 16/9 ...)
+    ([(640, 480), (1920, 1080)], (224, 144), [1 - (4 / 3) / (64 / 27) ** 0.5, 1 - (64 / 27) ** 0.5 / (16 / 9)]),
+])
+def test_fit_sample_turns_and_shares_the_crop(sizes, size, shares):
+    fit = fit_sample(sizes, long_side=224, patch_size=16)
+    assert fit.size == size
+    np.testing.assert_allclose([v.crop_share for v in fit.views], shares, atol=1e-12)
+    assert [v.turns for v in fit.views] == [int(h > w) for w, h in sizes]
 
 
 def test_depth_is_resampled_without_blending():

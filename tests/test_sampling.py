@@ -105,10 +105,22 @@ def test_covisible_without_poses_is_rejected():
 
 def test_too_few_views_rejected_once():
     scene = _scene(2, scene_id="tiny")
-    config = _config(views_per_sample=4)
+    config = _config(views_per_sample=4, min_views=3)
     assert sample_scene(scene, config) == []
     assert sample_scene(scene, config) == []
-    assert scene.rejects == [("tiny", "scene tiny has 2 views, needs 4")]
+    assert scene.rejects == [("tiny", "scene tiny has 2 views, needs at least scenes.min_views=3 "
+                                      "(or scenes.views_per_sample=4)")]
+
+
+@pytest.mark.parametrize("sampling", ["consecutive", "strided", "random", "covisible"])
+def test_a_scene_shorter_than_views_per_sample_is_one_sample_of_all_its_views(sampling):
+    """5 photos with the shipped views_per_sample=20: one sample of all 5 (scenes.min_views=2), not none."""
+    scene = _scene(5, poses=True)
+    (sample,) = sample_scene(scene, _config(views_per_sample=20, sampling=sampling))
+    assert sample.view_indices == (0, 1, 2, 3, 4) and not scene.rejects
+    single = _scene(1, scene_id="one")
+    assert sample_scene(single, _config(views_per_sample=20)) == []
+    assert "needs at least scenes.min_views=2" in single.rejects[0][1]
 
 
 def test_sample_id_is_content_hash_and_split_deterministic():
@@ -190,3 +202,40 @@ def test_generated_views_are_made_once_and_checked_against_every_limit():
         bad = scene(*sizes)
         with pytest.raises(SampleError, match=rf"view 'v1': \d+x\d+ .*{limit}"):
             load_sample(bad, sample_scene(bad, config)[0], config.model_copy(update={"max_pixels": 1_000_000}))
+
+
+def _sized_scene(sizes, scene_id: str = "mixed") -> Scene:
+    views = [View(name=f"v{i}", meta={} if size is None else {"size": size}) for i, size in enumerate(sizes)]
+    return Scene(id=scene_id, source="folders", views=views)
+
+
+def test_views_of_unlike_shapes_go_to_separate_samples_and_every_sample_says_its_fit():
+    """4:3 and 3:4 photos sample together (turned); a 16:9 frame joins them (13% cut, under 15%); a 3:1
+    panorama would lose more: it is left out, named. A view of unknown size joins its neighbour's group."""
+    sizes = [(400, 300), (300, 400), None, (1600, 900), (400, 300), (300, 100), (400, 300)]
+    scene = _sized_scene(sizes)
+    config = _config(views_per_sample=3, long_side=64, patch_size=16)
+    samples = sample_scene(scene, config)
+    assert [sample.view_indices for sample in samples] == [(0, 1, 2), (3, 4, 6)]
+    assert samples[0].fit is None  # view 2's size is known only once it is loaded
+    assert [fit.turns for fit in samples[1].fit.views] == [0, 0, 0]
+    assert 0.13 < max(fit.crop_share for fit in samples[1].fit.views) < 0.14
+    (reject,) = scene.rejects
+    assert reject[0] == "mixed/v5" and "300x100" in reject[1] and "scenes.max_crop_fraction=0.15" in reject[1]
+    # no limit on the crop: one group, as before groups existed
+    assert [s.view_indices for s in sample_scene(_sized_scene(sizes), config.model_copy(
+        update={"max_crop_fraction": 1.0}))] == [(0, 1, 2), (3, 4, 5)]
+
+
+def test_a_sample_with_16_9_and_4_3_views_is_cropped_within_the_limit_and_reported():
+    from d3r.scenes.sampling import FitReport
+
+    scene = _sized_scene([(400, 300), (1600, 900), (300, 400)])
+    (sample,) = sample_scene(scene, _config(views_per_sample=3, long_side=64, patch_size=16))
+    shares = [fit.crop_share for fit in sample.fit.views]
+    assert 0.13 < max(shares) < 0.14 and shares[0] == shares[2]
+    report = FitReport.of([sample])
+    assert report.turned == {"v2"} and set(report.cropped) == {"v0", "v1", "v2"}
+    assert report.describe() == "1 views turned a quarter turn, 3 cropped by up to 13%"
+    with pytest.raises(ValueError, match="max_crop_fraction"):
+        _config(max_crop_fraction=1.5)

@@ -52,12 +52,13 @@ def test_folders_listing_goes_on_past_bad_items(tmp_path):
     (tmp_path / "a" / "notes.txt").write_text("x")
     for i in range(2):
         _image(tmp_path / "b" / f"f{i}.png", i)
-    config = ScenesConfig(source="folders", root=tmp_path, views_per_sample=3, max_samples_per_scene=1)
+    config = ScenesConfig(source="folders", root=tmp_path, views_per_sample=3, max_samples_per_scene=1, min_views=3)
     scenes = list(list_scenes(config))
     assert [s.id for s in scenes] == ["a", "b"]
     assert len(scenes[0]) == 5 and scenes[0].rejects[0][0].endswith("notes.txt")
     assert [len(sample_scene(s, config)) for s in scenes] == [1, 0]
-    assert scenes[1].rejects == [("b", "scene b has 2 views, needs 3")]
+    assert scenes[1].rejects == [("b", "scene b has 2 views, needs at least scenes.min_views=3 "
+                                       "(or scenes.views_per_sample=3)")]
 
 
 def test_video_root_may_be_a_file(tmp_path):
@@ -96,7 +97,7 @@ def test_scene_list_and_show(tmp_path, capsys):
     assert rows["kitchen"][:3] == ["5", "2", "1"]
     assert rows["short"][:3] == ["1", "0", "1"]
     assert "total (folders: 2 scenes)  6" in text
-    assert "readme.md: not an image" in text and "scene short has 1 views, needs 2" in text
+    assert "readme.md: not an image" in text and "scene short has 1 views, needs at least scenes.min_views=2" in text
 
     shown = format_scene(_folder_config(tmp_path), "kitchen")
     assert "frame_4  8x6   no  no    no" in shown

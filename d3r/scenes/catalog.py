@@ -1,9 +1,10 @@
 """Text reports behind ``d3r scenes list`` and ``d3r scenes show``.
 
-``list``: one row per scene (views, samples, rejects, split) and a total row for the source;
-``show``: one row per view of one scene (size, whether K, pose and depth are known), then the
-scene's rejects. Listing reads no pixels; ``show`` reads image headers, and loads a view only
-when neither its file header nor its reader gives its size.
+``list``: one row per scene (views, samples, rejects, split, and how many views its samples turn a
+quarter turn, crop to the sample's aspect and enlarge: :class:`~d3r.scenes.sampling.FitReport`) and a
+total row for the source; ``show``: one row per view of one scene (size, whether K, pose and depth are
+known, and whether its samples turn, crop or enlarge it), then the scene's rejects. Listing reads image
+headers, no pixels; ``show`` loads a view only when neither its file header nor its reader gives its size.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from d3r.config import ConfigError, D3RConfig
 from d3r.scenes.images import ImageReadError
 from d3r.scenes.limits import header_size
 from d3r.scenes.records import Scene, View
-from d3r.scenes.sampling import sample_scene, split_for_scene
+from d3r.scenes.sampling import FitReport, sample_scene, split_for_scene
 from d3r.scenes.sources import list_scenes
 
 
@@ -35,15 +36,17 @@ def format_scene_list(config: D3RConfig) -> str:
     for scene in list_scenes(scenes_config):
         samples = sample_scene(scene, scenes_config)
         rows.append([scene.id, len(scene), len(samples), len(scene.rejects),
-                     split_for_scene(scene.id, scenes_config.val_fraction)])
+                     split_for_scene(scene.id, scenes_config.val_fraction), *FitReport.of(samples).cells()])
         rejects.extend(scene.rejects)
         for i, value in enumerate((1, len(scene), len(samples), len(scene.rejects))):
             totals[i] += value
-    rows.append([f"total ({scenes_config.source}: {totals[0]} scenes)", *totals[1:], ""])
-    text = format_table(["scene", "views", "samples", "rejects", "split"], rows)
+    rows.append([f"total ({scenes_config.source}: {totals[0]} scenes)", *totals[1:], "", "", "", ""])
+    text = format_table(["scene", "views", "samples", "rejects", "split", "turned", "cropped", "enlarged"], rows)
     title = (f"source {scenes_config.source}" + (f" at {scenes_config.root}" if scenes_config.root else "")
-             + f"; samples: {scenes_config.sampling}, {scenes_config.views_per_sample} views,"
-             f" at most {scenes_config.max_samples_per_scene} per scene")
+             + f"; samples: {scenes_config.sampling}, {scenes_config.views_per_sample} views"
+             f" (at least {scenes_config.min_views}), at most {scenes_config.max_samples_per_scene} per scene;"
+             f" views {scenes_config.long_side} px on the long side, turned to the sample's orientation, cropped"
+             f" by at most {scenes_config.max_crop_fraction:.0%}, enlarged at most {scenes_config.max_upscale:g}x")
     parts = [title, "", text]
     if rejects:
         parts += ["", "rejects:", *(f"  {item}: {reason}" for item, reason in rejects)]
@@ -71,12 +74,14 @@ def _yes(value: bool) -> str:
 
 
 def format_scene(config: D3RConfig, scene_id: str) -> str:
-    """One scene's views: name, size (W x H), and whether K, pose and depth are known.
+    """One scene's views: name, size (W x H), whether K, pose and depth are known, and whether its samples
+    turn it, crop it (the largest share) or enlarge it (the largest factor).
 
     Raises:
         ConfigError: when the source has no scene ``scene_id`` (naming the scenes it has).
     """
     scene = _find_scene(config, scene_id)
+    fits = FitReport.of(sample_scene(scene, config.scenes))
     rows = []
     for view in scene.views:
         try:
@@ -85,9 +90,12 @@ def format_scene(config: D3RConfig, scene_id: str) -> str:
         except (ImageReadError, OSError, ValueError) as exc:
             size = f"unreadable ({exc})"
         depth = view.depth is not None or bool(view.meta.get("has_depth"))
-        rows.append([view.name, size, _yes(view.K is not None), _yes(view.pose is not None), _yes(depth)])
+        cropped, enlarged = fits.cropped.get(view.name), fits.enlarged.get(view.name)
+        rows.append([view.name, size, _yes(view.K is not None), _yes(view.pose is not None), _yes(depth),
+                     _yes(view.name in fits.turned), "no" if cropped is None else f"{cropped:.0%}",
+                     "no" if enlarged is None else f"{enlarged:.1f}x"])
     parts = [f"scene {scene.id} (source {scene.source}, {len(scene)} views)", "",
-             format_table(["view", "size", "K", "pose", "depth"], rows)]
+             format_table(["view", "size", "K", "pose", "depth", "turned", "cropped", "enlarged"], rows)]
     notes = {k: v for k, v in scene.meta.items() if k in ("note", "distortion", "category", "fps")}
     if notes:
         parts += ["", *(f"{key}: {value}" for key, value in notes.items())]

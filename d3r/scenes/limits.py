@@ -2,8 +2,11 @@
 
 A view is refused when its image has more than ``scenes.max_pixels`` pixels (decompression bombs),
 a long side more than ``scenes.max_aspect_ratio`` times its short side, or would be enlarged by
-more than ``scenes.max_upscale`` to cover the sample's size. Every view of a sample is checked, not
-only the first. A refusal is an :class:`ImageLimitError` naming the file, the limit and its value.
+more than ``scenes.max_upscale`` to cover the sample's size (after any quarter turn: see
+:func:`d3r.scenes.preprocess.fit_sample`). Every view of a sample is checked, not only the first. A
+refusal is an :class:`ImageLimitError` naming the file, the limit and its value: the sample becomes a
+``load`` reject (never a warning; an enlargement within the limit is reported by ``d3r scenes list``
+and the cache job's summary).
 """
 
 from __future__ import annotations
@@ -50,12 +53,10 @@ def _check_pixels_and_aspect(where: str, size: tuple[int, int], config: ScenesCo
                                      f"scenes.max_aspect_ratio={config.max_aspect_ratio}")
 
 
-def image_size_within_limits(view: View, config: ScenesConfig) -> tuple[View, tuple[int, int]]:
-    """``view`` and its (W, H) from its header, checked against ``scenes.max_pixels`` and ``scenes.max_aspect_ratio``.
-
-    Reads no pixels of an image file (its stored size is checked before anything else is read) or of
-    a view whose reader knows its size. A view that no header describes (a generated one) is loaded
-    to learn its size, and returned loaded so it is not made twice.
+def header_size_within_limits(view: View, config: ScenesConfig) -> tuple[int, int] | None:
+    """(W, H) of ``view`` from its header (:func:`header_size`), checked against ``scenes.max_pixels`` and
+    ``scenes.max_aspect_ratio``; None for a view that no header describes (a generated one). Reads no pixels
+    of an image file: its stored size is checked before anything else is read.
 
     Raises:
         ImageLimitError: naming the file and the limit it is over.
@@ -69,10 +70,26 @@ def image_size_within_limits(view: View, config: ScenesConfig) -> tuple[View, tu
     except ImageTooLargeError as exc:
         raise ImageLimitError(where, f"{exc.reason}; d3r reads at most scenes.max_pixels={config.max_pixels} "
                                      "pixels (a decompression bomb?)") from None
+    if size is not None:
+        _check_pixels_and_aspect(where, size, config)
+    return size
+
+
+def image_size_within_limits(view: View, config: ScenesConfig) -> tuple[View, tuple[int, int]]:
+    """``view`` and its (W, H), checked against ``scenes.max_pixels`` and ``scenes.max_aspect_ratio``.
+
+    The size comes from the header (:func:`header_size_within_limits`). A view that no header describes
+    (a generated one) is loaded to learn its size, and returned loaded so it is not made twice.
+
+    Raises:
+        ImageLimitError: naming the file and the limit it is over.
+        ImageReadError: for an image file that cannot be opened.
+    """
+    size = header_size_within_limits(view, config)
     if size is None:
         view = view.load()
         size = view.size
-    _check_pixels_and_aspect(where, size, config)
+        _check_pixels_and_aspect(view.path or view.name, size, config)
     return view, size
 
 

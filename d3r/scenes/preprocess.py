@@ -2,18 +2,29 @@
 
 :func:`crop_to_patch` is the crop alone, for a student meeting a teacher's pixels (training, eval).
 
-Never stretches, never transposes: portrait stays portrait. A resize by (sx, sy) maps a pixel
-centre u to (u + 0.5)·s − 0.5; a crop by (ox, oy) shifts it by −(ox, oy). K follows both.
+Never stretches, never transposes. A resize by (sx, sy) maps a pixel centre u to (u + 0.5)·s − 0.5;
+a crop by (ox, oy) shifts it by −(ox, oy). K follows both.
+
+All views of a sample share one size (:func:`fit_sample`). The sample is portrait or landscape as most
+of its views are (the first non-square view decides a tie); a view of the other orientation is turned a
+quarter turn clockwise, a rolled camera with K, pose and depth turned exactly (:mod:`d3r.scenes.rotation`),
+never cropped to the other orientation. The sample's aspect ratio is the geometric mean of its most and
+least elongated views' (their own when all views share one), so that the view cut most by the cover crop
+loses as little as possible; :attr:`ViewFit.crop_share` says how much each loses. The views' sampling
+keeps that share under ``scenes.max_crop_fraction`` (see :mod:`d3r.scenes.sampling`).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
 from d3r.scenes.records import View
+from d3r.scenes.rotation import turn_view
 
 
 def target_size(width: int, height: int, long_side: int, patch_size: int) -> tuple[int, int]:
@@ -121,13 +132,95 @@ def resize_crop_view(view: View, width: int, height: int) -> View:
     return view.with_(image=np.ascontiguousarray(image), depth=depth, K=K)
 
 
-def preprocess_views(views: Sequence[View], long_side: int, patch_size: int) -> list[View]:
-    """Bring all views of one sample to one size (the first view's target size).
+@dataclass(frozen=True)
+class ViewFit:
+    """How one view is brought to its sample's size.
 
-    Each view keeps its aspect ratio; views of another shape are covered and centre-cropped.
+    Attributes:
+        turns: quarter turns clockwise (0 or 1) before resizing (see :mod:`d3r.scenes.rotation`).
+        crop_share: share of the turned view's pixels cut away to fit the sample's aspect ratio (0: none),
+            not counting the crop of the sample's size to patch multiples.
+        scale: the resize factor (above 1: the view is enlarged).
     """
+
+    turns: int
+    crop_share: float
+    scale: float
+
+
+@dataclass(frozen=True)
+class SampleFit:
+    """The one size of a sample's views and how each view gets there.
+
+    Attributes:
+        size: (W, H), multiples of the patch size.
+        views: one :class:`ViewFit` per view, in the sample's order.
+    """
+
+    size: tuple[int, int]
+    views: tuple[ViewFit, ...]
+
+    def turned_size(self, index: int, size: tuple[int, int]) -> tuple[int, int]:
+        """(W, H) of view ``index`` of (W, H) ``size`` once turned as its fit says."""
+        return (size[1], size[0]) if self.views[index].turns % 2 else size
+
+
+def is_portrait_sample(sizes: Sequence[tuple[int, int]]) -> bool:
+    """Whether a sample of views of these (W, H) sizes is portrait: as most non-square views are, the first
+    non-square view deciding a tie (landscape when every view is square)."""
+    portrait = sum(h > w for w, h in sizes)
+    landscape = sum(w > h for w, h in sizes)
+    if portrait != landscape:
+        return portrait > landscape
+    return next((h > w for w, h in sizes if w != h), False)
+
+
+def elongation(size: tuple[int, int]) -> float:
+    """Long side over short side of a (W, H) size (1 for a square)."""
+    return max(size) / min(size)
+
+
+def fit_sample(sizes: Sequence[tuple[int, int]], long_side: int, patch_size: int) -> SampleFit:
+    """The size and per-view fit of a sample whose views have these (W, H) sizes (see the module docstring).
+
+    Views of one aspect ratio give :func:`target_size` of the first view (after any turn).
+
+    Raises:
+        ValueError: when a view is too elongated for ``long_side`` and ``patch_size`` (naming its size).
+    """
+    portrait = is_portrait_sample(sizes)
+    turns = [int(w != h and (h > w) != portrait) for w, h in sizes]
+    turned = [(h, w) if turn else (w, h) for (w, h), turn in zip(sizes, turns, strict=True)]
+    ratios = [elongation(size) for size in turned]
+    if all(w * turned[0][1] == h * turned[0][0] for w, h in turned):
+        target, aspect = target_size(*turned[0], long_side, patch_size), ratios[0]
+    else:
+        target_size(*turned[ratios.index(max(ratios))], long_side, patch_size)  # fails naming the most elongated
+        aspect = math.sqrt(min(ratios) * max(ratios))
+        target = target_size(*((1.0, aspect) if portrait else (aspect, 1.0)), long_side, patch_size)
+    views = tuple(
+        ViewFit(turns=turn, crop_share=1.0 - min(ratio, aspect) / max(ratio, aspect),
+                scale=max(target[0] / w, target[1] / h))
+        for turn, ratio, (w, h) in zip(turns, ratios, turned, strict=True)
+    )
+    return SampleFit(size=target, views=views)
+
+
+def fit_views(views: Sequence[View], fit: SampleFit) -> list[View]:
+    """Loaded views turned, resized and cropped to ``fit.size`` as ``fit`` says; each view's ``meta`` records
+    its fit (``turns``, ``crop_share``, ``scale``), so outputs can be turned back (:mod:`d3r.scenes.rotation`)."""
+    fitted = []
+    for view, view_fit in zip(views, fit.views, strict=True):
+        turned = turn_view(view) if view_fit.turns % 2 else view
+        out = resize_crop_view(turned, *fit.size)
+        meta = {**view.meta, "turns": view_fit.turns, "crop_share": view_fit.crop_share, "scale": view_fit.scale}
+        fitted.append(out.with_(meta=meta))
+    return fitted
+
+
+def preprocess_views(views: Sequence[View], long_side: int, patch_size: int) -> list[View]:
+    """Bring all views of one sample to one size (:func:`fit_sample` of their sizes, :func:`fit_views`)."""
     loaded = [v.load() for v in views]
     if not loaded:
         return []
-    width, height = target_size(*loaded[0].size, long_side, patch_size)
-    return [resize_crop_view(v, width, height) for v in loaded]
+    return fit_views(loaded, fit_sample([v.size for v in loaded], long_side, patch_size))

@@ -21,9 +21,20 @@ Strategies (N = ``views_per_sample``, s = ``stride``, V = number of views, cap =
 A view's image size for projection is ``view.meta["size"]`` (W, H) when the reader knows it,
 else ``(2·cx + 1, 2·cy + 1)`` from K.
 
-A scene too short for one sample, or unfit for the strategy, yields no samples and gets a reject
-entry ``(scene id, reason)`` appended to ``scene.rejects`` (once), so the rejects table sees it;
-a scene with no views whose listing rejects already say why gets no second one.
+Views of unlike shapes are not mixed: a scene's views are first grouped by elongation (long side over
+short side, from their headers; a portrait and a landscape view of one shape are alike, since a view
+of the other orientation is turned, see :func:`d3r.scenes.preprocess.fit_sample`) so that no view of a
+sample loses more than ``scenes.max_crop_fraction`` of its pixels to the crop to the sample's aspect
+ratio: from the least elongated view up, each group takes every view within a factor
+``1 / (1 − max_crop_fraction)²`` of its least elongated one (the fewest groups). Each group is sampled
+on its own, in scene order; views whose size no header tells (or that are over the ``scenes.max_*``
+limits, which their load then names) join the group of the nearest view in scene order. A group (the
+whole scene, when its views are alike) with fewer than ``views_per_sample`` views but at least
+``scenes.min_views`` becomes one sample of all its views.
+
+A scene (or group) too short for one sample, or unfit for the strategy, yields no samples and gets a
+reject entry ``(scene id or view file, reason)`` appended to ``scene.rejects`` (once), so the rejects
+table sees it; a scene with no views whose listing rejects already say why gets no second one.
 """
 
 from __future__ import annotations
@@ -31,6 +42,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -39,8 +51,8 @@ import numpy as np
 from d3r.config import ScenesConfig
 from d3r.geometry import pixels_to_points, project, transform_points
 from d3r.scenes.errors import InputFileError, display_path
-from d3r.scenes.limits import ImageLimitError, check_upscale, image_size_within_limits
-from d3r.scenes.preprocess import preprocess_views, target_size
+from d3r.scenes.limits import ImageLimitError, check_upscale, header_size_within_limits, image_size_within_limits
+from d3r.scenes.preprocess import SampleFit, elongation, fit_sample, fit_views
 from d3r.scenes.records import Scene, View
 
 logger = logging.getLogger(__name__)
@@ -71,6 +83,8 @@ class Sample:
         view_indices: positions in ``scene.views``.
         view_names: the views' names (what the id is made of).
         split: ``"train"`` or ``"val"``, by scene (see :func:`split_for_scene`).
+        fit: how its views will be turned, cropped and resized, from their headers (None when a view's
+            size is known only once it is loaded); the load fits them from their sizes again.
     """
 
     id: str
@@ -79,6 +93,7 @@ class Sample:
     view_indices: tuple[int, ...]
     view_names: tuple[str, ...]
     split: Split
+    fit: SampleFit | None = None
 
 
 def _unit_hash(text: str) -> float:
@@ -197,51 +212,176 @@ def _covisible(scene: Scene, n: int, cap: int, min_overlap: float) -> list[list[
     return chosen
 
 
-def _unfit_reason(scene: Scene, config: ScenesConfig) -> str | None:
-    n = config.views_per_sample
-    if len(scene.views) < n:
-        return f"scene {scene.id} has {len(scene.views)} views, needs {n}"
-    if config.sampling == "covisible" and not all(v.pose is not None and v.K is not None for v in scene.views):
-        return f"scene {scene.id} has views without pose or K; sampling 'covisible' needs both"
-    return None
+def listed_size(view: View, config: ScenesConfig) -> tuple[int, int] | None:
+    """(W, H) of a view from its header when that is readable and within the ``scenes.max_*`` limits, else
+    None (a generated view; or a file whose load will name what is wrong). Decodes no pixels."""
+    try:
+        return header_size_within_limits(view, config)
+    except (OSError, ValueError):
+        return None
 
 
-def _reject(scene: Scene, reason: str) -> None:
-    entry = (scene.id, reason)
+def _crop_ratio(config: ScenesConfig) -> float:
+    """Most elongation ratio between views of one group: their geometric-mean aspect then cuts at most
+    ``max_crop_fraction`` of either extreme view (loss = 1 − sqrt(low / high))."""
+    keep = 1.0 - config.max_crop_fraction
+    return np.inf if keep <= 0 else 1.0 / keep**2
+
+
+def shape_groups(sizes: Sequence[tuple[int, int] | None], config: ScenesConfig) -> list[list[int]]:
+    """Positions of views grouped by elongation (see the module docstring), each group in scene order,
+    groups ordered by their first view. ``sizes`` holds each view's (W, H), or None when unknown."""
+    known = [i for i, size in enumerate(sizes) if size is not None]
+    ratio = _crop_ratio(config)
+    groups: list[list[int]] = []
+    for i in sorted(known, key=lambda i: elongation(sizes[i])):
+        if groups and elongation(sizes[i]) <= elongation(sizes[groups[-1][0]]) * ratio * (1 + 1e-9):
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    if len(groups) <= 1:
+        return [list(range(len(sizes)))] if sizes else []
+    group_of = {i: g for g, group in enumerate(groups) for i in group}
+    for i in (i for i, size in enumerate(sizes) if size is None):
+        nearest = min(known, key=lambda k: (abs(k - i), k))
+        groups[group_of[nearest]].append(i)
+    return sorted((sorted(group) for group in groups), key=lambda group: group[0])
+
+
+def _reject(scene: Scene, reason: str, item: str | None = None) -> None:
+    entry = (scene.id if item is None else item, reason)
     if entry not in scene.rejects:
         scene.rejects.append(entry)
     logger.info("no samples: %s", reason)
 
 
-def sample_scene(scene: Scene, config: ScenesConfig) -> list[Sample]:
-    """The scene's samples by ``config.sampling`` (see the module docstring), at most
-    ``config.max_samples_per_scene``. An unfit scene gives ``[]`` and a reject entry."""
-    reason = _unfit_reason(scene, config)
-    if reason is not None:
-        if scene.views or not scene.rejects:  # a scene with no views and rejects already says why
-            _reject(scene, reason)
+def _size_text(size: tuple[int, int] | None) -> str:
+    return "size unknown" if size is None else f"{size[0]}x{size[1]}"
+
+
+def _reject_small_group(scene: Scene, group: list[int], sizes: Sequence[tuple[int, int] | None],
+                        config: ScenesConfig) -> None:
+    if len(group) == len(scene.views):
+        _reject(scene, f"scene {scene.id} has {len(group)} views, needs at least scenes.min_views="
+                       f"{config.min_views} (or scenes.views_per_sample={config.views_per_sample})")
+        return
+    for i in group:
+        view = scene.views[i]
+        _reject(scene, item=display_path(view.path) if view.path else f"{scene.id}/{view.name}", reason=(
+            f"view {view.name!r} ({_size_text(sizes[i])}) of scene {scene.id} is unlike its other views in shape: "
+            f"a sample with them would cut more than scenes.max_crop_fraction={config.max_crop_fraction:g} of "
+            f"some view's pixels, and only {len(group)} view(s) share its shape, fewer than scenes.min_views="
+            f"{config.min_views}; raise scenes.max_crop_fraction to sample it with the others"))
+
+
+def _group_index_sets(scene: Scene, group: list[int], sizes: Sequence[tuple[int, int] | None],
+                      config: ScenesConfig) -> list[list[int]]:
+    """The index sets (positions in ``scene.views``) that ``config.sampling`` draws from one group."""
+    n, cap, num_views = config.views_per_sample, config.max_samples_per_scene, len(group)
+    if num_views < n:
+        if num_views >= config.min_views:
+            return [list(group)]
+        _reject_small_group(scene, group, sizes, config)
         return []
-    n, cap, num_views = config.views_per_sample, config.max_samples_per_scene, len(scene.views)
+    views = [scene.views[i] for i in group]
     if config.sampling == "consecutive":
-        index_sets = _consecutive(num_views, n, config.stride, cap)
+        local = _consecutive(num_views, n, config.stride, cap)
     elif config.sampling == "strided":
-        index_sets = _strided(num_views, n, cap)
+        local = _strided(num_views, n, cap)
     elif config.sampling == "random":
-        index_sets = _random(num_views, n, cap, config.seed, scene.id)
+        local = _random(num_views, n, cap, config.seed, scene.id)
+    elif not all(v.pose is not None and v.K is not None for v in views):
+        _reject(scene, f"scene {scene.id} has views without pose or K; sampling 'covisible' needs both")
+        return []
     else:
-        index_sets = _covisible(scene, n, cap, config.min_overlap)
-    if not index_sets:
-        _reject(scene, f"scene {scene.id}: no {config.sampling} set of {n} views "
-                       f"(stride {config.stride}, min_overlap {config.min_overlap}) among {num_views} views")
+        local = _covisible(Scene(id=scene.id, source=scene.source, views=views), n, cap, config.min_overlap)
+    if not local:
+        span = f" (spans {(n - 1) * config.stride + 1} views)" if config.sampling == "consecutive" else ""
+        _reject(scene, f"scene {scene.id}: no {config.sampling} set of {n} views{span} (stride {config.stride}, "
+                       f"min_overlap {config.min_overlap}) among {num_views} views")
+    return [[group[i] for i in indices] for indices in local]
+
+
+def sample_scene(scene: Scene, config: ScenesConfig) -> list[Sample]:
+    """The scene's samples by ``config.sampling`` within each group of like-shaped views (see the module
+    docstring), at most ``config.max_samples_per_scene``. An unfit scene or group gives no samples and a
+    reject entry."""
+    if not scene.views:
+        if not scene.rejects:  # a scene with no views and rejects already says why
+            _reject(scene, f"scene {scene.id} has no views")
+        return []
+    sizes = [listed_size(view, config) for view in scene.views]
+    index_sets: list[list[int]] = []
+    for group in shape_groups(sizes, config):
+        index_sets += _group_index_sets(scene, group, sizes, config)
     split = split_for_scene(scene.id, config.val_fraction)
     samples = []
-    for indices in index_sets:
+    for indices in _spread(index_sets, config.max_samples_per_scene):
         names = tuple(scene.views[i].name for i in indices)
+        known = [sizes[i] for i in indices]
+        fit = None
+        if all(size is not None for size in known):
+            try:
+                fit = fit_sample(known, config.long_side, config.patch_size)
+            except ValueError:
+                fit = None  # the load names the view
         samples.append(Sample(
             id=sample_id(scene.source, scene.origin, scene.id, names, config.long_side, config.patch_size),
             source=scene.source, scene_id=scene.id, view_indices=tuple(indices), view_names=names, split=split,
+            fit=fit,
         ))
     return samples
+
+
+CROP_NOTICE = 0.001
+"""A view that loses more than this share of its pixels to the crop to its sample's aspect is reported as cropped."""
+
+
+@dataclass
+class FitReport:
+    """What fitting a scene's samples to one size per sample does to its views (from the samples' :class:`SampleFit`).
+
+    Attributes:
+        turned: names of views turned a quarter turn in some sample.
+        cropped: view name → the largest share of its pixels cut to fit a sample's aspect (above :data:`CROP_NOTICE`).
+        enlarged: view name → the largest factor it is enlarged by (above 1).
+    """
+
+    turned: set[str]
+    cropped: dict[str, float]
+    enlarged: dict[str, float]
+
+    @classmethod
+    def of(cls, samples: Sequence[Sample]) -> FitReport:
+        report = cls(set(), {}, {})
+        for sample in samples:
+            if sample.fit is None:
+                continue
+            for name, fit in zip(sample.view_names, sample.fit.views, strict=True):
+                if fit.turns % 2:
+                    report.turned.add(name)
+                if fit.crop_share > CROP_NOTICE:
+                    report.cropped[name] = max(report.cropped.get(name, 0.0), fit.crop_share)
+                if fit.scale > 1.0 + 1e-9:
+                    report.enlarged[name] = max(report.enlarged.get(name, 1.0), fit.scale)
+        return report
+
+    def cells(self) -> tuple[str, str, str]:
+        """Counts of turned, cropped and enlarged views, with the largest crop and enlargement."""
+        return (str(len(self.turned)),
+                f"{len(self.cropped)} (≤{max(self.cropped.values()):.0%})" if self.cropped else "0",
+                f"{len(self.enlarged)} (≤{max(self.enlarged.values()):.1f}x)" if self.enlarged else "0")
+
+    def describe(self) -> str:
+        """``2 views turned, 1 cropped by up to 13%, 3 enlarged up to 3.2x``, or "" when no view is changed."""
+        parts = []
+        if self.turned:
+            parts.append(f"{len(self.turned)} views turned a quarter turn")
+        if self.cropped:
+            parts.append(f"{len(self.cropped)} cropped by up to {max(self.cropped.values()):.0%}")
+        if self.enlarged:
+            parts.append(f"{len(self.enlarged)} enlarged up to {max(self.enlarged.values()):.1f}x")
+        return ", ".join(parts)
 
 
 def _view_error(sample: Sample, view: View, exc: Exception) -> SampleError:
@@ -264,9 +404,9 @@ def _load_view(view: View, sample: Sample) -> View:
     return loaded
 
 
-def _within_limits(views: list[View], sample: Sample, config: ScenesConfig) -> list[View]:
-    """``views`` after checking every one's header size against the ``scenes.max_*`` limits and its
-    enlargement to the sample's size (see :mod:`d3r.scenes.limits`); nothing is decoded or resampled
+def _fit_within_limits(views: list[View], sample: Sample, config: ScenesConfig) -> tuple[list[View], SampleFit]:
+    """``views`` and their fit (:func:`~d3r.scenes.preprocess.fit_sample`), after checking every view's header
+    size against the ``scenes.max_*`` limits, its enlargement and its crop; nothing is decoded or resampled
     yet, except generated views that no header describes (returned loaded)."""
     sized = []
     for view in views:
@@ -274,27 +414,35 @@ def _within_limits(views: list[View], sample: Sample, config: ScenesConfig) -> l
             sized.append(image_size_within_limits(view, config))
         except (OSError, ValueError) as exc:
             raise _view_error(sample, view, exc) from exc
-    first, first_size = sized[0]
+    sizes = [size for _, size in sized]
     try:
-        target = target_size(*first_size, config.long_side, config.patch_size)
+        fit = fit_sample(sizes, config.long_side, config.patch_size)
     except ValueError as exc:
-        raise _view_error(sample, first, exc) from exc
-    for view, size in sized:
+        raise SampleError(sample.id, str(exc)) from exc
+    for index, (view, size) in enumerate(sized):
         try:
-            check_upscale(view.path or view.name, size, target, config)
+            check_upscale(view.path or view.name, fit.turned_size(index, size), fit.size, config)
         except ImageLimitError as exc:
             raise _view_error(sample, view, exc) from exc
-    return [view for view, _ in sized]
+        share = fit.views[index].crop_share
+        if share > config.max_crop_fraction + 1e-9:
+            raise _view_error(sample, view, ImageLimitError(
+                view.path or view.name, f"{size[0]}x{size[1]} would lose {share:.0%} of its pixels to the crop to "
+                f"the sample's {fit.size[0]}x{fit.size[1]}, more than scenes.max_crop_fraction="
+                f"{config.max_crop_fraction:g}"))
+    return [view for view, _ in sized], fit
 
 
 def load_sample(scene: Scene, sample: Sample, config: ScenesConfig) -> list[View]:
     """The sample's views loaded and preprocessed to one size (``config.long_side``, ``config.patch_size``).
 
     Every view's size is checked from its header against ``scenes.max_pixels``,
-    ``scenes.max_aspect_ratio`` and ``scenes.max_upscale`` before any view is decoded.
+    ``scenes.max_aspect_ratio``, ``scenes.max_upscale`` and ``scenes.max_crop_fraction`` before any view
+    is decoded. Views are turned, cropped and resized as :func:`~d3r.scenes.preprocess.fit_sample` says.
 
     Returns:
-        views with ``image`` ``[H, W, 3]`` uint8, ``depth`` ``[H, W]`` and K at the preprocessed size.
+        views with ``image`` ``[H, W, 3]`` uint8, ``depth`` ``[H, W]``, K and pose at the preprocessed size
+        and orientation; ``meta`` records each view's fit (``turns``, ``crop_share``, ``scale``).
 
     Raises:
         SampleError: naming the sample and the view's file when a view is over a limit, cannot be
@@ -307,8 +455,9 @@ def load_sample(scene: Scene, sample: Sample, config: ScenesConfig) -> list[View
         views.append(scene.views[index])
     if not views:
         return []
-    loaded = [_load_view(view, sample) for view in _within_limits(views, sample, config)]
+    checked, fit = _fit_within_limits(views, sample, config)
+    loaded = [_load_view(view, sample) for view in checked]
     try:
-        return preprocess_views(loaded, config.long_side, config.patch_size)
+        return fit_views(loaded, fit)
     except ValueError as exc:
         raise SampleError(sample.id, f"scene {scene.id}: {exc}") from exc
