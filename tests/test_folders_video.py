@@ -100,6 +100,31 @@ def test_video_fps_selection(tmp_path):
     assert frame_indices(info, None, None) == list(range(30))
 
 
+@pytest.mark.parametrize("rotation", [90, -90])
+def test_a_phone_videos_rotation_tag_is_honoured(tmp_path, rotation):
+    """A portrait phone video is landscape frames plus a display matrix; frames come out as a player shows them."""
+    stored = np.zeros((24, 32, 3), dtype=np.uint8)
+    stored[:8, :16] = 255  # a bright block in the top-left corner of the stored frame
+    path = tmp_path / "phone.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=5)
+        stream.width, stream.height, stream.pix_fmt = 32, 24, "yuv420p"
+        stream.set_display_rotation(rotation)
+        for _ in range(3):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(stored, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    info = probe_video(path)
+    assert (info.size, info.rotation) == ((24, 32), rotation % 360)
+    (scene,) = list_video_scenes(path)
+    assert scene.views[0].meta["size"] == (24, 32)
+    image = scene.views[1].load().image
+    assert image.shape == (32, 24, 3)
+    expected = np.rot90(stored, k=rotation // 90)  # counter-clockwise by the tag's angle
+    assert np.abs(image.astype(int) - expected).mean() < 10
+
+
 def test_setting_both_video_stride_and_video_fps_is_a_config_error_naming_both():
     from d3r.config import ConfigError, load_config
 

@@ -78,6 +78,26 @@ def test_video_root_may_be_a_file(tmp_path):
     assert [v.meta["frame_index"] for v in scene.views] == [0, 2, 4]
 
 
+def test_a_source_pointed_at_the_other_kind_of_input_says_so(tmp_path):
+    """Not "0 scenes": the video source on image folders, the folders source on videos."""
+    photos = tmp_path / "photos"
+    for i in range(3):
+        _image(photos / "tower" / f"IMG_{i}.jpg", i)
+    with pytest.raises(ConfigError, match=r"scenes.source='video': scenes.root .*photos holds 3 images and no "
+                                          r"video file .*set scenes.source=folders"):
+        list_scenes(ScenesConfig(source="video", root=photos))
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    for name in ("kitchen.mp4", "teddy.MOV"):
+        (clips / name).write_bytes(b"\0" * 16)
+    with pytest.raises(ConfigError, match=r"scenes.source='folders': scenes.root .*clips holds 2 video files and no "
+                                          r"image; for videos set scenes.source=video"):
+        list_scenes(ScenesConfig(source="folders", root=clips))
+    with pytest.raises(ConfigError, match=r"holds no video file itself; videos in its sub-folders are not read"):
+        list_scenes(ScenesConfig(source="video", root=tmp_path))
+    assert [s.id for s in list_scenes(ScenesConfig(source="folders", root=photos))] == ["tower"]
+
+
 def _folder_config(root, **scenes):
     from d3r.config import D3RConfig
 

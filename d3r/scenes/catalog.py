@@ -96,7 +96,7 @@ def format_scene(config: D3RConfig, scene_id: str) -> str:
                      "no" if enlarged is None else f"{enlarged:.1f}x"])
     parts = [f"scene {scene.id} (source {scene.source}, {len(scene)} views)", "",
              format_table(["view", "size", "K", "pose", "depth", "turned", "cropped", "enlarged"], rows)]
-    notes = {k: v for k, v in scene.meta.items() if k in ("note", "distortion", "category", "fps")}
+    notes = {k: v for k, v in scene.meta.items() if k in ("note", "distortion", "category", "fps", "rotation")}
     if notes:
         parts += ["", *(f"{key}: {value}" for key, value in notes.items())]
     if scene.rejects:

@@ -1,8 +1,9 @@
 """One entry point for every scene source: ``list_scenes(config)`` dispatches on ``scenes.source``.
 
-The configuration is checked before any listing starts (unknown source, missing or wrong root
-fail at once with :class:`~d3r.config.ConfigError` naming it); after that, per-item problems are
-scene rejects and the listing goes on.
+The configuration is checked before any listing starts (unknown source, missing or wrong root, or a
+root holding the other kind of input: videos for ``folders``, images for ``video``, fail at once with
+:class:`~d3r.config.ConfigError` naming it); after that, per-item problems are scene rejects and the
+listing goes on.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from d3r.config import ConfigError, ScenesConfig
 from d3r.scenes.datasets import DATASET_READERS
 from d3r.scenes.errors import NOT_UTF8, display_path, is_utf8, os_error_reason
 from d3r.scenes.folders import Rejects, list_folder_scenes, rejected_scenes
+from d3r.scenes.images import is_image_file
 from d3r.scenes.records import Scene
-from d3r.scenes.video import list_video_scenes
+from d3r.scenes.video import VIDEO_SUFFIXES, is_video_file, list_video_scenes
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +94,51 @@ def check_source(config: ScenesConfig) -> None:
         raise ConfigError(f"scenes.root: {root} {reason} (scenes.source={config.source!r})") from None
     if not Path(root).is_dir() and config.source not in _FILE_ROOT_SOURCES:
         raise ConfigError(f"scenes.root: {root} is not a folder (scenes.source={config.source!r} needs one)")
+    check_input_kind(config)
+
+
+def _files(folder: Path, depth: int) -> Iterator[Path]:
+    """Non-hidden files in ``folder`` and, ``depth`` levels down, its sub-folders (unusable entries skipped:
+    the listing reports them)."""
+    try:
+        entries = [entry for entry in folder.iterdir() if not entry.name.startswith(".")]
+    except OSError:
+        return
+    for entry in entries:
+        try:
+            if entry.is_file():
+                yield entry
+            elif depth > 0 and entry.is_dir():
+                yield from _files(entry, depth - 1)
+        except OSError:
+            continue
+
+
+def check_input_kind(config: ScenesConfig) -> None:
+    """A ``video`` root with images but no videos, or a ``folders`` root with videos but no images (in it or
+    its sub-folders), is the wrong source, not "0 scenes".
+
+    Raises:
+        ConfigError: naming ``scenes.source``, the root, what it holds and the source that reads it.
+    """
+    root = Path(config.root)
+    if config.source not in ("video", "folders") or not root.is_dir():
+        return
+    files = list(_files(root, depth=1))  # what both sources read: the root and its sub-folders
+    videos = sum(is_video_file(path) for path in files)
+    images = sum(is_image_file(path) for path in files)
+    if config.source == "video" and not any(is_video_file(path) and path.parent == root for path in files):
+        if images:
+            raise ConfigError(
+                f"scenes.source='video': scenes.root {root} holds {images} images and no video file "
+                f"({', '.join(sorted(VIDEO_SUFFIXES))}); for images set scenes.source=folders")
+        if videos:
+            raise ConfigError(f"scenes.source='video': scenes.root {root} holds no video file itself; videos in "
+                              "its sub-folders are not read: point scenes.root at their folder")
+    if config.source == "folders" and not images and videos:
+        raise ConfigError(
+            f"scenes.source='folders': scenes.root {root} holds {videos} video files and no image; for videos "
+            "set scenes.source=video (scenes.video_stride or scenes.video_fps choose the frames)")
 
 
 def source_origin(config: ScenesConfig) -> str:

@@ -1,11 +1,17 @@
 """Source ``video``: one video file, or a folder of videos, each one scene (PyAV).
 
 Frame selection: ``scenes.video_fps`` when set (frames nearest to ``t = k / video_fps``), else every
-``scenes.video_stride``-th frame (default every frame). Listing reads container metadata only
-(frame count, rate, duration); each view's loader decodes its one frame. Frame ``i`` is the frame
-presented at ``start + i / rate``: the loader seeks to the key frame before it and decodes forward,
-identifying frames by timestamp, and falls back to decoding from the start counting frames when
-the stream has no timestamps. An unreadable video becomes a scene with no views and a reject.
+``scenes.video_stride``-th frame (default every frame); setting both is a config error. Listing reads
+container metadata (frame count, rate, duration) and decodes the first frame for its rotation; each
+view's loader decodes its one frame. Frame ``i`` is the frame presented at ``start + i / rate``: the
+loader seeks to the key frame before it and decodes forward, identifying frames by timestamp, and falls
+back to decoding from the start counting frames when the stream has no timestamps. An unreadable video
+becomes a scene with no views and a reject.
+
+Rotation: a phone records a portrait video as landscape frames plus a display matrix saying how to
+turn them. Frames come out as a player shows them: turned by the matrix's rotation (a multiple of 90°,
+counter-clockwise as PyAV's ``VideoFrame.rotation`` gives it), and ``meta["size"]`` is the shown size.
+A mirror in the matrix is not applied (phones do not write one).
 """
 
 from __future__ import annotations
@@ -34,12 +40,14 @@ class VideoReadError(InputFileError):
 
 @dataclass(frozen=True)
 class VideoInfo:
-    """Container metadata: frame count, frame rate (frames/s), duration (s), frame size (W, H)."""
+    """Container metadata: frame count, frame rate (frames/s), duration (s), frame size (W, H) as shown, and
+    the rotation (degrees counter-clockwise, a multiple of 90) that turns stored frames into shown ones."""
 
     num_frames: int
     rate: Fraction
     duration: float
     size: tuple[int, int]
+    rotation: int = 0
 
 
 def is_video_file(path: Path) -> bool:
@@ -72,12 +80,26 @@ def probe_video(path: Path) -> VideoInfo:
                 duration = (container.duration or 0) / av.time_base
             num_frames = stream.frames or round(duration * float(rate))
             size = (stream.codec_context.width, stream.codec_context.height)
+            first = next(container.decode(stream), None)
     except av.FFmpegError as exc:
         reason = os_error_reason(exc) if isinstance(exc, OSError) and exc.errno else f"not a readable video: {exc}"
         raise VideoReadError(path, reason) from None
-    if num_frames <= 0:
+    if num_frames <= 0 or first is None:
         raise VideoReadError(path, "video has no frames")
-    return VideoInfo(num_frames=num_frames, rate=Fraction(rate), duration=duration, size=size)
+    rotation = display_rotation(first)
+    if rotation % 180:
+        size = (size[1], size[0])
+    return VideoInfo(num_frames=num_frames, rate=Fraction(rate), duration=duration, size=size, rotation=rotation)
+
+
+def display_rotation(frame: av.VideoFrame) -> int:
+    """The frame's display rotation in degrees counter-clockwise, to the nearest multiple of 90 (0 without one)."""
+    return int(round((frame.rotation or 0) / 90.0)) * 90 % 360
+
+
+def shown(image: np.ndarray, rotation: int) -> np.ndarray:
+    """A stored frame ``[H, W, 3]`` turned ``rotation`` degrees counter-clockwise, as a player shows it."""
+    return np.ascontiguousarray(np.rot90(image, k=rotation // 90)) if rotation else image
 
 
 def frame_indices(info: VideoInfo, stride: int | None, fps: float | None) -> list[int]:
@@ -114,7 +136,8 @@ def _decode_by_time(path: str, index: int) -> np.ndarray | None:
 
 
 def load_video_frame(view: View) -> View:
-    """Loader for video views: decodes frame ``view.meta["frame_index"]`` of ``view.path`` to ``[H, W, 3]`` uint8.
+    """Loader for video views: decodes frame ``view.meta["frame_index"]`` of ``view.path`` to ``[H, W, 3]`` uint8,
+    turned by ``view.meta["rotation"]`` as a player shows it.
 
     Raises:
         VideoReadError: naming the file and frame when it cannot be decoded.
@@ -128,7 +151,7 @@ def load_video_frame(view: View) -> View:
         raise VideoReadError(view.path, f"cannot decode frame {index}: {exc}") from None
     if image is None:
         raise VideoReadError(view.path, f"video ends before frame {index}")
-    return view.with_(image=np.ascontiguousarray(image))
+    return view.with_(image=shown(np.ascontiguousarray(image), int(view.meta.get("rotation", 0))))
 
 
 def video_scene(path: Path, stride: int | None = None, fps: float | None = None) -> Scene:
@@ -140,10 +163,11 @@ def video_scene(path: Path, stride: int | None = None, fps: float | None = None)
         return Scene(id=path.stem, source="video", views=[], rejects=[(str(path), exc.reason)])
     views = [
         View(name=f"frame_{i:06d}", path=str(path), loader=load_video_frame,
-             meta={"frame_index": i, "size": info.size})
+             meta={"frame_index": i, "size": info.size, "rotation": info.rotation})
         for i in frame_indices(info, stride, fps)
     ]
-    meta = {"video": str(path), "num_frames": info.num_frames, "fps": float(info.rate), "duration": info.duration}
+    meta = {"video": str(path), "num_frames": info.num_frames, "fps": float(info.rate), "duration": info.duration,
+            "rotation": info.rotation}
     return Scene(id=path.stem, source="video", views=views, meta=meta)
 
 
