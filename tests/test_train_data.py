@@ -135,6 +135,8 @@ def test_train_order_is_shuffled_per_epoch_and_repeatable_per_seed(cache: dict) 
     assert sorted(order(0, 0)) == sorted(order(0, 1))
     assert order(0, 1) != order(5, 1)
     assert order(0, 0, "val") == order(0, 1, "val") == order(5, 3, "val")  # validation: one fixed order
+    resumed = build_cache_data(train_config(cache, "--train.seed", "0"), "train", 0, 1, PATCH).batches(1, start=2)
+    assert sample_ids(list(resumed)) == order(0, 1)[4:]  # batches of 2: a resumed epoch skips to batch 2
     unshuffled = train_config(cache, "--train.shuffle", "false")
     assert sample_ids(every_batch(unshuffled, "train")[0]) == sample_ids(every_batch(unshuffled, "train", epoch=4)[0])
 

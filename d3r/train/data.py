@@ -313,12 +313,13 @@ class CacheData:
         """This rank's batches of ``epoch``."""
         return self.planner.epoch(epoch)[self.rank::self.planner.world_size]
 
-    def batches(self, epoch: int) -> Iterator[dict[str, Any]]:
-        """Exactly ``batches_per_epoch`` batches: ``images`` uint8 ``[B, N, 3, H, W]``; ``pts3d_global``,
-        ``pts3d_local`` float32 ``[B, N, H, W, 3]``; ``conf_global``, ``conf_local``, ``gt_depth`` float32
-        ``[B, N, H, W]``; ``gt_K`` float64 ``[B, N, 3, 3]``; ``gt_poses`` float64 ``[B, N, 4, 4]``;
-        ``has_gt`` bool ``[B]``; ``sample_id``, ``scene_id`` lists of B strings."""
-        specs = self.specs(epoch)
+    def batches(self, epoch: int, start: int = 0) -> Iterator[dict[str, Any]]:
+        """Exactly ``batches_per_epoch`` batches (from batch ``start`` on, without reading the ones before it:
+        resuming mid-epoch): ``images`` uint8 ``[B, N, 3, H, W]``; ``pts3d_global``, ``pts3d_local`` float32
+        ``[B, N, H, W, 3]``; ``conf_global``, ``conf_local``, ``gt_depth`` float32 ``[B, N, H, W]``; ``gt_K``
+        float64 ``[B, N, 3, 3]``; ``gt_poses`` float64 ``[B, N, 4, 4]``; ``has_gt`` bool ``[B]``;
+        ``sample_id``, ``scene_id`` lists of B strings."""
+        specs = self.specs(epoch)[start:]
         if self.loader_workers == 0:
             for spec in specs:
                 yield self.reader[spec]
