@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from d3r.cache.inspect import cache_overview, reason_kind
 from d3r.cache.pipeline import run_cache_job
@@ -129,3 +130,39 @@ def test_reason_kind_drops_the_file_it_names():
     assert reason_kind("room_1|x.png: /data/x.png: truncated") == "truncated"
     assert reason_kind("cannot read file: permission denied") == "cannot read file: permission denied"
     assert reason_kind("too few views (2 < 3)") == "too few views (2 < 3)"
+
+
+def test_the_d3r_command_that_make_installs_answers_help():
+    """README: after `make`, `.venv/bin/d3r --help` (or `d3r --help` in the activated venv) works."""
+    command = Path(sys.executable).with_name("d3r")
+    assert command.is_file(), f"{command}: the d3r console script is not installed in this environment"
+    done = subprocess.run([str(command), "--help"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "first steps" in done.stdout
+
+
+def test_cache_show_takes_the_table_from_a_config(small_cache, tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text(f"cache:\n  uri: {small_cache}\n")
+    code, out, err = cli_output(capsys, "cache", "show", "--config", str(config))
+    assert code == 0, err
+    assert out.startswith(f"cache {small_cache}\n")
+
+
+def test_readme_random_weights_command_caches_photos_with_the_shipped_fast3r_config(tmp_path, ray_local, caplog):
+    """README: `d3r cache run --config conf/fast3r.yaml --scenes.root data/photos --teacher.checkpoint random
+    --teacher.preset tiny --cache.uri out/random.lance` on a folder of 5 photos."""
+    from d3r.scenes.synthetic import render_scene
+
+    photos = tmp_path / "photos" / "desk"
+    photos.mkdir(parents=True)
+    for view in render_scene(0, 0, 5, (160, 120), "orbit").views:
+        Image.fromarray(view.image).save(photos / f"{view.name}.jpg", quality=92)
+    uri = str(tmp_path / "random.lance")
+    config = load_config(REPO / "conf" / "fast3r.yaml", [
+        "--scenes.root", str(tmp_path / "photos"), "--teacher.checkpoint", "random", "--teacher.preset", "tiny",
+        "--cache.uri", uri], environ={})
+    with caplog.at_level("WARNING"):
+        summary = run_cache_job(config)
+    assert summary.written == 1 and summary.views_written == 5, summary.format()
+    assert any("FOR TESTING ONLY" in record.getMessage() for record in caplog.records)
+    assert cache_overview(uri).teachers == ["fast3r (preset tiny, weights random-seed-0, float32)"]

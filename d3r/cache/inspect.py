@@ -143,7 +143,8 @@ def _teacher_name(fingerprint_json: str) -> str:
     if "preset" in fingerprint:
         parts.append(f"preset {fingerprint['preset']}")
     if "weights_sha256" in fingerprint:
-        parts.append(f"weights {str(fingerprint['weights_sha256'])[:12]}")
+        weights = str(fingerprint["weights_sha256"])
+        parts.append(f"weights {weights[:12] if re.fullmatch(r'[0-9a-f]{64}', weights) else weights}")
     if "dtype" in fingerprint:
         parts.append(str(fingerprint["dtype"]))
     return " ".join(parts[:1]) + (f" ({', '.join(parts[1:])})" if len(parts) > 1 else "")
