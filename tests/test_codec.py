@@ -423,18 +423,14 @@ def test_d3r_v1_keeps_teacher_like_maps_modelled():
 
 @pytest.fixture(scope="module")
 def random_fast3r_outputs() -> dict[str, np.ndarray]:
-    """A tiny Fast3R with random weights on 3 synthetic views of 96x64: a teacher whose maps the model does not fit."""
-    import torch
-
+    """The tiny Fast3R teacher with random weights on 3 synthetic views of 96x64: maps the model does not fit."""
+    from d3r.config import TeacherConfig
     from d3r.scenes.synthetic import render_scene
-    from d3r.teachers.fast3r import build_fast3r
+    from d3r.teachers.base import build_teacher, teacher_images
 
-    torch.manual_seed(0)
-    model = build_fast3r("tiny").eval()
-    images = np.stack([view.image for view in render_scene(0, 0, 3, (96, 64)).views])
-    with torch.inference_mode():
-        out = model(torch.from_numpy(images).permute(0, 3, 1, 2)[None].float() / 127.5 - 1)
-    return {key: value[0].numpy() for key, value in out.items()}
+    teacher = build_teacher(TeacherConfig(name="fast3r", checkpoint="random", preset="tiny", device="cpu"))
+    pixels = np.stack([view.image for view in render_scene(0, 0, 3, (96, 64)).views])
+    return {key: value[0].numpy() for key, value in teacher.predict(teacher_images(pixels[None])).items()}
 
 
 @pytest.mark.parametrize("global_target", ["aligned_local", "global_head"])
