@@ -544,12 +544,14 @@ class D3rV1Codec(Codec):
         if params.size != n * 17:
             raise ValueError(f"sup_view_params: {params.size} float64 values, expected {n} views x 17")
         params = params.reshape(n, 17)
-        mask_bytes = unpack_bytes(column(columns, "sup_masks"), (4 * n * h * w + 7) // 8, "sup_masks")
-        masks = np.unpackbits(np.frombuffer(mask_bytes, dtype=np.uint8), count=4 * n * h * w).view(bool)
+        packed_masks = unpack_bytes(column(columns, "sup_masks"), (4 * n * h * w + 7) // 8, "sup_masks")
+        masks = np.unpackbits(np.frombuffer(packed_masks, dtype=np.uint8), count=4 * n * h * w).view(bool)
         local_valid, global_valid, conf_local_one, conf_global_one = masks.reshape(4, n, h, w)
         counts = header["exceptions"]
-        exception_bytes = unpack_bytes(column(columns, "sup_exceptions"), 16 * sum(counts), "sup_exceptions")
-        local_exceptions, global_exceptions = split_exceptions(exception_bytes, counts)
+        size = EXCEPTION_BYTES * sum(counts)
+        local_exceptions, global_exceptions = split_exceptions(
+            unpack_bytes(column(columns, "sup_exceptions"), size, "sup_exceptions"), counts
+        )
         plain = unpack_plain(column(columns, "sup_plain"), storage, (n, h, w)) if chunked else {}
         depth_codes = unpack_views(column(columns, "sup_local_depth"), (n, h, w), "sup_local_depth", chunked)
         ray_codes = unpack_views(column(columns, "sup_local_rays"), (2, n, h, w), "sup_local_rays", chunked)
