@@ -217,15 +217,12 @@ RANDOM_TEACHER_CASES = (
 
 
 def random_fast3r_outputs(case: RandomTeacherCase) -> dict[str, np.ndarray]:
-    """The four maps (``[N, H, W, ...]``) of a Fast3R with random weights (seed 0) on room 0 of seed 0."""
-    import torch
-
+    """The four maps (``[N, H, W, ...]``) of the ``fast3r`` teacher with random weights (``teacher.checkpoint:
+    random``, seed 0) on room 0 of seed 0."""
     from d3r.config import TeacherConfig
     from d3r.teachers.base import teacher_images
-    from d3r.teachers.fast3r import Fast3RTeacher, build_fast3r
 
-    torch.manual_seed(0)
-    teacher = Fast3RTeacher(build_fast3r(case.preset), TeacherConfig(name="fast3r", preset=case.preset, device="cpu"))
+    teacher = build_teacher(TeacherConfig(name="fast3r", checkpoint="random", preset=case.preset, device="cpu"))
     pixels = np.stack([view.image for view in render_scene(0, 0, case.views, case.size).views])
     return {key: value[0].numpy() for key, value in teacher.predict(teacher_images(pixels[None])).items()}
 
@@ -346,7 +343,7 @@ def codec_section(args: argparse.Namespace) -> str:
             "",
             "### A teacher the model does not fit: Fast3R with random weights",
             "",
-            "- data: Fast3R (seed-0 random weights, run through the `fast3r` teacher on CPU) on synthetic room 0 of "
+            "- data: the `fast3r` teacher with `teacher.checkpoint: random` (seed 0) on CPU, on synthetic room 0 of "
             "seed 0; its local points lie behind the camera, so d3r-v1's depth model cannot hold them and it stores "
             "those maps plain (float16, as fp16 does). Bound: no view costs more than fp16 plus ~160 bytes",
             "- storage: per map (local points / global points / local confidence / global confidence), one letter "
