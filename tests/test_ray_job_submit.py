@@ -102,3 +102,35 @@ def test_the_cache_job_runs_through_ray_job_submit(ray_head: tuple[str, dict[str
     dataset = lance.dataset(uri)
     assert dataset.count_rows() == 4
     assert len(dataset.versions()) == 2  # chunks of 2: the env var reached the job (default 16 gives 1)
+
+
+def submit(address: str, env: dict[str, str], script: str, job_args: list[str]) -> str:
+    """``ray job submit`` of ``python script job_args`` from the repository; returns its output (asserted ok)."""
+    result = subprocess.run(
+        [RAY, "job", "submit", "--address", address, "--working-dir", ".", "--", "python", script, *job_args],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    assert "succeeded" in output
+    return output
+
+
+def test_the_train_job_runs_through_ray_job_submit_after_the_cache_job(ray_head: tuple[str, dict[str, str]],
+                                                                       tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    address, env = ray_head
+    tracking_uri = f"sqlite:///{tmp_path}/mlflow.db"
+    job_args = ["--config", "conf/demo.yaml", "--scenes.num_scenes", "4", "--scenes.views_per_scene", "4",
+                "--scenes.render_size", "[64,48]", "--scenes.long_side", "64", "--scenes.views_per_sample", "2",
+                "--scenes.stride", "1", "--scenes.max_samples_per_scene", "2", "--cache.uri",
+                str(tmp_path / "cache.lance"), "--mlflow.tracking_uri", tracking_uri,
+                "--train.storage_path", str(tmp_path / "runs"), "--train.max_steps", "4",
+                "--train.checkpoint_every", "2", "--train.val_every", "4"]
+    assert "written           8" in submit(address, env, "jobs/cache.py", job_args)
+    output = submit(address, env, "jobs/train.py", job_args)
+    assert "steps             4" in output and "registered        d3r-student version 1" in output
+    assert len(list((tmp_path / "runs" / "d3r-student").glob("checkpoint_*/train_state.pt"))) == 2
+    version = MlflowClient(tracking_uri).get_model_version_by_alias("d3r-student", "candidate")
+    assert int(version.version) == 1
