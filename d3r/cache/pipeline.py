@@ -8,7 +8,8 @@
    wrong checkpoint fails now, and its fingerprint makes the keys), and that the table's rows come
    from the same teacher and codec version: a table holds one teacher, one encoding;
 2. plans: scenes → samples → keys, skipping keys already in the table (and, unless
-   ``cache.retry_rejected``, keys already in the rejects table); when there is work, connects to Ray
+   ``cache.retry_rejected``, keys already in the rejects table); a source that yields no sample at all
+   is a :class:`~d3r.config.ConfigError` saying why; when there is work, connects to Ray
    (before taking the lock: an unreachable ``ray.address`` fails within ``ray.connect_timeout_s``);
    then opens the :class:`~d3r.cache.store.CacheStore` (the lock; orphan files of a killed run removed);
 3. runs Ray Data over the pending samples: :func:`~d3r.cache.stages.load_stage` as CPU tasks, then
@@ -65,7 +66,7 @@ from d3r.cache.store import (
 )
 from d3r.config import ConfigError, D3RConfig, RayConfig, TeacherConfig, config_to_yaml
 from d3r.entry import JobInterrupted
-from d3r.scenes.sampling import sample_scene
+from d3r.scenes.sampling import FitReport, SamplingTally, sample_scene
 from d3r.scenes.sources import list_scenes
 from d3r.teachers.base import Teacher, build_teacher, fingerprint_id
 
@@ -80,6 +81,7 @@ PROGRESS_EVERY_S = 10.0
 # Half a CPU per load task: loading is light next to the teacher, and resources that differ from the
 # actors' keep Ray Data from fusing the load into the teacher actors (which would serialise the two).
 LOAD_TASK_CPUS = 0.5
+ADJUSTED_SHOWN = 10  # scenes whose fitted views the summary names
 
 
 @dataclass
@@ -97,6 +99,7 @@ class CacheSummary:
     seconds: float = 0.0
     version: int | None = None
     tag: str | None = None
+    adjusted: list[str] = field(default_factory=list)
 
     @property
     def rejected_total(self) -> int:
@@ -127,6 +130,12 @@ class CacheSummary:
             lines += [f"    {name:<22}{size / self.views_written / 1e3:6.1f} kB/view"
                       for name, size in sorted(self.sup_bytes.items())]
         lines.append(f"  rate              {self.samples_per_s:.2f} samples/s over {self.seconds:.1f} s")
+        if self.adjusted:
+            lines.append(f"  views fitted      in {len(self.adjusted)} scenes (turned to the sample's orientation, "
+                         "cropped to its aspect, enlarged)")
+            lines += [f"    {line}" for line in self.adjusted[:ADJUSTED_SHOWN]]
+            if len(self.adjusted) > ADJUSTED_SHOWN:
+                lines.append(f"    ... and {len(self.adjusted) - ADJUSTED_SHOWN} more (d3r scenes list)")
         return "\n".join(lines)
 
 
@@ -139,6 +148,7 @@ class Plan:
     skipped_done: int = 0
     skipped_rejected: int = 0
     rejects: list[dict[str, Any]] = field(default_factory=list)
+    adjusted: list[str] = field(default_factory=list)
 
 
 def check_table_settings(config: D3RConfig) -> None:
@@ -221,12 +231,21 @@ def check_patch_size(config: D3RConfig, teacher: Teacher) -> None:
 
 
 def plan_samples(config: D3RConfig, fingerprint: str, done: set[str], rejected: set[str]) -> Plan:
-    """List scenes and samples; keep those whose key is neither done nor (unless retrying) rejected."""
+    """List scenes and samples; keep those whose key is neither done nor (unless retrying) rejected.
+
+    Raises:
+        ConfigError: when the source yields no sample, saying why (:meth:`SamplingTally.check`).
+    """
     codec = get_codec(config.cache.codec)
     plan = Plan()
     seen: set[str] = set()
+    tally = SamplingTally()
     for scene in list_scenes(config.scenes):
-        for sample in sample_scene(scene, config.scenes):
+        samples = sample_scene(scene, config.scenes)
+        tally.add(scene, samples)
+        if fitted := FitReport.of(samples).describe():
+            plan.adjusted.append(f"{scene.id}: {fitted}")
+        for sample in samples:
             key = cache_key(sample.id, fingerprint, codec.name, codec.version)
             if key in seen:
                 continue
@@ -241,6 +260,7 @@ def plan_samples(config: D3RConfig, fingerprint: str, done: set[str], rejected: 
         for item, reason in scene.rejects:
             plan.rejects.append({"key": f"{scene.id}|{item}|list", "sample_id": None, "scene_id": scene.id,
                                  "item": item, "stage": "list", "reason": reason})
+    tally.check(config.scenes)
     return plan
 
 
@@ -480,8 +500,8 @@ def _run(config: D3RConfig, teacher_factory: TeacherFactory, started: float) -> 
         # Planned before the lock (reads only), so that Ray is reached without holding it; appends drop
         # keys that another job committed meanwhile.
         plan = plan_samples(config, fingerprint, store.done_keys(), store.rejected_keys())
-        summary.samples, summary.skipped_done, summary.skipped_rejected = (
-            plan.samples, plan.skipped_done, plan.skipped_rejected)
+        summary.samples, summary.skipped_done, summary.skipped_rejected, summary.adjusted = (
+            plan.samples, plan.skipped_done, plan.skipped_rejected, plan.adjusted)
         logger.info("cache %s: %d samples, %d to compute, %d already cached, %d rejected before",
                     config.cache.uri, plan.samples, len(plan.items), plan.skipped_done, plan.skipped_rejected)
         if plan.items:

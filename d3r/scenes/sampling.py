@@ -43,12 +43,12 @@ import hashlib
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 
-from d3r.config import ScenesConfig
+from d3r.config import ConfigError, ScenesConfig
 from d3r.geometry import pixels_to_points, project, transform_points
 from d3r.scenes.errors import InputFileError, display_path
 from d3r.scenes.limits import ImageLimitError, check_upscale, header_size_within_limits, image_size_within_limits
@@ -382,6 +382,50 @@ class FitReport:
         if self.enlarged:
             parts.append(f"{len(self.enlarged)} enlarged up to {max(self.enlarged.values()):.1f}x")
         return ", ".join(parts)
+
+
+_INPUT_HINTS = {
+    "folders": "a folder of images, or a folder of scene folders of images",
+    "video": "a video file, or a folder of video files",
+    "colmap": "COLMAP scene folders (images/ and sparse/)",
+}
+
+
+@dataclass
+class SamplingTally:
+    """What listing and sampling a source found, to say why a job found no sample (:meth:`check`)."""
+
+    scenes: int = 0
+    views: int = 0
+    samples: int = 0
+    rejects: list[tuple[str, str]] = field(default_factory=list)
+
+    def add(self, scene: Scene, samples: Sequence[Sample]) -> None:
+        """Count one listed scene, its views, its samples and its rejects (after :func:`sample_scene`)."""
+        self.scenes += 1
+        self.views += len(scene.views)
+        self.samples += len(samples)
+        self.rejects += scene.rejects
+
+    def check(self, config: ScenesConfig) -> None:
+        """Nothing to do is an error, not an empty success.
+
+        Raises:
+            ConfigError: when no sample was found, saying what the source held, why none of it made a
+                sample (the first rejects, each naming the setting to change) and what it expects.
+        """
+        if self.samples:
+            return
+        where = f"scenes.source={config.source!r}" + (f" at scenes.root={config.root}" if config.root else "")
+        if not self.views and not self.rejects:
+            expected = _INPUT_HINTS.get(config.source, "its dataset's layout")
+            raise ConfigError(f"no input: {where} holds no scene (expected {expected})")
+        shown = [f"  {item}: {reason}" for item, reason in self.rejects[:8]]
+        more = [f"  ... and {len(self.rejects) - 8} more"] if len(self.rejects) > 8 else []
+        raise ConfigError("\n".join([
+            f"no usable sample: {where} holds {self.scenes} scenes with {self.views} views, and none makes a sample "
+            f"of scenes.views_per_sample={config.views_per_sample} views (or at least scenes.min_views="
+            f"{config.min_views}); why:", *shown, *more]))
 
 
 def _view_error(sample: Sample, view: View, exc: Exception) -> SampleError:
