@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import signal
 import subprocess
@@ -64,13 +65,15 @@ def config_for(workdir: Path, run_name: str, *overrides: str) -> D3RConfig:
 
 
 def expected_samples(config: D3RConfig, steps: int) -> int:
-    """Samples an uninterrupted one-worker run consumes in ``steps`` optimiser steps, from the data plan."""
-    data = build_cache_data(config, "train", 0, 1, PATCH)
-    plan = StepPlan.from_config(data.batches_per_epoch, config.train.grad_accum, config.train.epochs, steps)
+    """Samples an uninterrupted run consumes in ``steps`` optimiser steps over all its workers, from the data plan."""
+    world = config.train.num_workers
     total = 0
-    for step in range(steps):
-        epoch, consumed = plan.position(step)
-        total += sum(len(spec.rows) for spec in data.specs(epoch)[consumed:consumed + plan.grad_accum])
+    for rank in range(world):
+        data = build_cache_data(config, "train", rank, world, PATCH)
+        plan = StepPlan.from_config(data.batches_per_epoch, config.train.grad_accum, config.train.epochs, steps)
+        for step in range(steps):
+            epoch, consumed = plan.position(step)
+            total += sum(len(spec.rows) for spec in data.specs(epoch)[consumed:consumed + plan.grad_accum])
     return total
 
 
@@ -136,6 +139,18 @@ def test_the_student_beats_the_untrained_student_against_ground_truth(learnt):
     assert after["val/gt/abs_rel"] < 0.5 * before["val/gt/abs_rel"]
     assert after["val/gt/delta1"] > before["val/gt/delta1"] + 0.2
     assert after["val/loss"] < 0.5 * before["val/loss"]
+
+
+def test_two_ddp_workers_with_gradient_accumulation(workdir: Path):
+    config = config_for(workdir, "ddp", "--train.num_workers", "2", "--train.cpus_per_worker", "0.5",
+                        "--train.batch_size", "1", "--train.grad_accum", "2", "--train.max_steps", "3",
+                        "--train.checkpoint_every", "3", "--train.val_every", "3", "--train.log_every", "1")
+    summary = run_train(config)
+    assert summary.steps == 3
+    assert summary.samples_seen == expected_samples(config, 3) == 2 * 2 * 3  # 2 ranks x 2 forwards x 1 scene
+    assert math.isfinite(summary.val["val/loss"]) and summary.val["val/samples"] >= 2
+    history = MlflowClient(config.mlflow.tracking_uri).get_metric_history(summary.run_id, "train/loss")
+    assert sorted(m.step for m in history) == [1, 2, 3]  # rank 0 alone logs, once per step
 
 
 # ---- resume ----
