@@ -209,7 +209,7 @@ def check_table_teacher(config: D3RConfig, fingerprint: dict[str, Any]) -> None:
                               limit=1)
     theirs = json.loads(sample["teacher_fingerprint_json"][0].as_py())
     entries = sorted(key for key in theirs.keys() | ours.keys() if theirs.get(key) != ours.get(key))
-    fields = sorted({_teacher_field(config, entry) for entry in entries})
+    fields = sorted({_teacher_field(config, entry) for entry in entries}) or ["teacher"]
     changes = "; ".join(f"{entry}: {theirs.get(entry)!r} there, {ours.get(entry)!r} here" for entry in entries)
     raise ConfigError(
         f"{', '.join(fields)}: the table {config.cache.uri} was written by another teacher ({changes}); a table "
