@@ -235,6 +235,9 @@ class EvalConfig(Section):
     consistency_stride: int = Field(4, ge=1, description="pixel stride of the cross-view correspondences")
     figures: bool = Field(True, description="draw figures (PNG)")
     figure_samples: int = Field(2, ge=0, description="samples per model drawn as view grids and point clouds")
+    teacher_outputs: Literal["cache", "run"] = Field(
+        "cache", description="cache: the teacher's outputs the cache job stored in cache.uri (the teacher is not "
+        "run); run: run the configured teacher on every sample")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where students run")
     seed: int = Field(0, description="seed of the sampled metric points")
     out_dir: Path = Field(Path("demo_out/eval"), description="where tables and figures are written")

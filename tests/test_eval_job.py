@@ -170,6 +170,7 @@ def _job_config(root, models, **eval_fields):
         "scenes": {"num_scenes": 2, "views_per_scene": 3, "render_size": [56, 42], "long_side": 56,
                    "patch_size": 14, "views_per_sample": 3, "max_samples_per_scene": 1},
         "teacher": {"name": "oracle"},
+        "cache": {"uri": str(root / "cache.lance")},
         "eval": {"models": models, "split": "all", "figure_samples": 1, "out_dir": str(root / "eval"),
                  "max_points": 5000, **eval_fields},
         "mlflow": {"tracking_uri": f"sqlite:///{root / 'mlflow.db'}", "experiment": "eval-test"},
@@ -177,9 +178,11 @@ def _job_config(root, models, **eval_fields):
 
 
 @pytest.fixture(scope="module")
-def job_run(tmp_path_factory):
+def job_run(tmp_path_factory, ray_local):
+    """The eval of the default flow: the teacher's outputs come from the cache the cache job made."""
     import torch
 
+    from d3r.cache.pipeline import run_cache_job
     from d3r.eval.job import run_eval
     from d3r.student import build_student
     from d3r.student.checkpoint import save_student
@@ -189,6 +192,7 @@ def job_run(tmp_path_factory):
     checkpoint = save_student(build_student("tiny"), root / "tiny.pt")
     config = _job_config(root, ["teacher", str(checkpoint), "models:/d3r-student@champion"])
     _register_student(config, checkpoint)
+    assert run_cache_job(config).written == 2
     return root, config, run_eval(config)
 
 
@@ -286,7 +290,7 @@ def test_students_are_scored_on_the_teachers_pixels_cropped_to_their_patch(tmp_p
 
     torch.manual_seed(0)
     checkpoint = save_student(build_student("tiny"), tmp_path / "tiny.pt")
-    config = _job_config(tmp_path, ["teacher", str(checkpoint)], figures=False)
+    config = _job_config(tmp_path, ["teacher", str(checkpoint)], figures=False, teacher_outputs="run")
     config.scenes = config.scenes.model_copy(update={"render_size": (64, 48), "long_side": 64, "patch_size": 16})
     report = run_eval(config)
     assert not report.rejects
