@@ -204,3 +204,20 @@ def test_names_that_are_not_utf8_never_leave_a_source(tmp_path):
     whole = names_as_text(Scene(id=bad_name, source="folders", views=views[:1], meta={"folder": str(tmp_path)}))
     assert (whole.id, whole.views, whole.rejects) == ("fr\\xff", [], [(str(tmp_path), NOT_UTF8)])
     assert all(text.encode("utf-8") for item in (*scene.rejects, *whole.rejects) for text in item)
+
+
+def test_listing_says_per_scene_and_view_what_is_turned_cropped_and_enlarged(tmp_path):
+    from d3r.scenes.catalog import format_scene, format_scene_list
+
+    for name, size in [("a", (640, 480)), ("b", (480, 640)), ("c", (1280, 720)), ("d", (160, 120)), ("e", (300, 100))]:
+        path = tmp_path / "tower" / f"{name}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", size).save(path)
+    config = _folder_config(tmp_path, long_side=512, views_per_sample=20)
+    text = format_scene_list(config)
+    header, _, row = text.splitlines()[2:5]
+    assert header.split()[-3:] == ["turned", "cropped", "enlarged"]
+    assert row.split()[5:] == ["1", "4", "(≤13%)", "1", "(≤3.2x)"]  # b turned; a-d cropped; d enlarged 3.2x
+    shown = {line.split()[0]: line.split()[-3:] for line in format_scene(config, "tower").splitlines()[4:9]}
+    assert shown == {"a": ["no", "13%", "no"], "b": ["yes", "13%", "no"], "c": ["no", "13%", "no"],
+                     "d": ["no", "13%", "3.2x"], "e": ["-", "-", "-"]}  # e (3:1) is in no sample: a reject

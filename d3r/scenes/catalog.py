@@ -75,13 +75,15 @@ def _yes(value: bool) -> str:
 
 def format_scene(config: D3RConfig, scene_id: str) -> str:
     """One scene's views: name, size (W x H), whether K, pose and depth are known, and whether its samples
-    turn it, crop it (the largest share) or enlarge it (the largest factor).
+    turn it, crop it (the largest share) or enlarge it (the largest factor); ``-`` for a view in no sample.
 
     Raises:
         ConfigError: when the source has no scene ``scene_id`` (naming the scenes it has).
     """
     scene = _find_scene(config, scene_id)
-    fits = FitReport.of(sample_scene(scene, config.scenes))
+    samples = sample_scene(scene, config.scenes)
+    fits = FitReport.of(samples)
+    sampled = {name for sample in samples for name in sample.view_names}
     rows = []
     for view in scene.views:
         try:
@@ -91,9 +93,9 @@ def format_scene(config: D3RConfig, scene_id: str) -> str:
             size = f"unreadable ({exc})"
         depth = view.depth is not None or bool(view.meta.get("has_depth"))
         cropped, enlarged = fits.cropped.get(view.name), fits.enlarged.get(view.name)
-        rows.append([view.name, size, _yes(view.K is not None), _yes(view.pose is not None), _yes(depth),
-                     _yes(view.name in fits.turned), "no" if cropped is None else f"{cropped:.0%}",
-                     "no" if enlarged is None else f"{enlarged:.1f}x"])
+        fitted = [_yes(view.name in fits.turned), "no" if cropped is None else f"{cropped:.0%}",
+                  "no" if enlarged is None else f"{enlarged:.1f}x"] if view.name in sampled else ["-"] * 3
+        rows.append([view.name, size, _yes(view.K is not None), _yes(view.pose is not None), _yes(depth), *fitted])
     parts = [f"scene {scene.id} (source {scene.source}, {len(scene)} views)", "",
              format_table(["view", "size", "K", "pose", "depth", "turned", "cropped", "enlarged"], rows)]
     notes = {k: v for k, v in scene.meta.items() if k in ("note", "distortion", "category", "fps", "rotation")}

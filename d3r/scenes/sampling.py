@@ -252,7 +252,7 @@ def _reject(scene: Scene, reason: str, item: str | None = None) -> None:
     entry = (scene.id if item is None else item, reason)
     if entry not in scene.rejects:
         scene.rejects.append(entry)
-    logger.info("no samples: %s", reason)
+    logger.info("not sampled: %s", reason)
 
 
 def _size_text(size: tuple[int, int] | None) -> str:
