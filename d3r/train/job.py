@@ -88,18 +88,6 @@ class TrainSummary:
         return "\n".join(lines)
 
 
-def options_help() -> str:
-    """The ``train`` section's fields, defaults and descriptions, for ``--help``."""
-    from d3r.config import TrainConfig
-
-    lines = ["train options (any config field can be overridden as --section.field VALUE; "
-             "`d3r config show` prints them all):"]
-    for name, info in TrainConfig.model_fields.items():
-        default = info.default if info.default_factory is None else info.default_factory()
-        lines.append(f"  --train.{name} (default {default})" + (f": {info.description}" if info.description else ""))
-    return "\n".join(lines)
-
-
 # ---- checks before any work ----
 
 
