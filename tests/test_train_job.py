@@ -138,7 +138,6 @@ def test_the_student_beats_the_untrained_student_against_ground_truth(learnt):
     after, _ = validate(trained, val, loss, torch.device("cpu"), "fp32", settings)
     assert after["val/gt/abs_rel"] < 0.5 * before["val/gt/abs_rel"]
     assert after["val/gt/delta1"] > before["val/gt/delta1"] + 0.2
-    assert after["val/gt/acc"] < 0.85 * before["val/gt/acc"]  # measured: 0.37 -> 0.22 at 40 steps
     assert after["val/loss"] < 0.5 * before["val/loss"]
 
 
