@@ -376,12 +376,12 @@ class ChunkWriter:
     also when they alone reach ``chunk_samples``) to the store; ``metadata`` goes into the table schema."""
 
     def __init__(self, store: CacheStore, summary: CacheSummary, chunk_samples: int, pending: int,
-                 metadata: dict[str, str]):
+                 metadata: dict[str, str], started: float):
         self.store, self.summary, self.metadata = store, summary, metadata
         self.chunk_samples, self.pending = chunk_samples, pending
         self.good: list[dict[str, Any]] = []
         self.rejects: list[dict[str, Any]] = []
-        self.started = time.monotonic()
+        self.started = started  # the job's start: the log's rate is the summary's
         self.rejected = 0
         self.last_log = 0.0
         self.logged_done = 0
@@ -443,6 +443,10 @@ def run_pending(config: D3RConfig, items: list[dict[str, Any]], writer: ChunkWri
         TeacherStage, batch_format="pyarrow", batch_size=cache.batch_size,
         compute=ray.data.ActorPoolStrategy(size=cache.num_actors),
         num_cpus=actor_cpus(cache.num_actors, num_gpus), num_gpus=num_gpus,
+        # A teacher actor that dies fails the job (committed chunks stay; a rerun resumes) instead of being
+        # restarted forever on a sample that kills it; this also keeps Ray's restartable-actor error line
+        # out of every successful run's log.
+        max_restarts=0,
         fn_constructor_kwargs={"teacher": config.teacher, "cache": cache, "expected_fingerprint": fingerprint,
                                "factory": factory},
     )
@@ -511,7 +515,7 @@ def _run(config: D3RConfig, teacher_factory: TeacherFactory, started: float) -> 
             if new_list_rejects:
                 summary.rejected[("list", "unusable scene")] += new_list_rejects
             if plan.items:
-                writer = ChunkWriter(store, summary, config.cache.chunk_samples, len(plan.items), metadata)
+                writer = ChunkWriter(store, summary, config.cache.chunk_samples, len(plan.items), metadata, started)
                 run_pending(config, plan.items, writer, fingerprint, teacher_factory, num_gpus)
             finished = store.finish(metadata)
     summary.version, summary.tag = finished.version, finished.tag
