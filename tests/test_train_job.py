@@ -262,6 +262,7 @@ def test_a_killed_driver_is_resumed_by_a_rerun(workdir: Path):
     (["--train.champion_metric", "abs_rel"], "train.champion_metric"),
     (["--student.preset", "huge"], "student"),
     (["--train.run_name", "a/b"], "train.run_name"),
+    (["--mlflow.tracking_uri", "http://127.0.0.1:9", "--mlflow.timeout_s", "2"], "mlflow.tracking_uri"),
 ])
 def test_bad_configs_fail_before_any_work(workdir: Path, overrides: list[str], field: str):
     config = config_for(workdir, "bad", *overrides)

@@ -24,8 +24,6 @@ import logging
 import math
 import re
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -106,23 +104,18 @@ def with_absolute_paths(config: D3RConfig) -> D3RConfig:
 
 
 def check_tracking(config: MlflowConfig) -> str:
-    """The experiment id, once the tracking store answered within ``mlflow.timeout_s``.
+    """The experiment id, once the tracking store answered (a server within ``mlflow.timeout_s``).
 
     Raises:
-        ConfigError: naming ``mlflow.tracking_uri`` when the store does not answer.
+        ConfigError: naming ``mlflow.tracking_uri`` when the store cannot be used.
     """
     uri = config.tracking_uri
-    if uri.startswith(("http://", "https://")):
-        try:
-            urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=config.timeout_s)
-        except (urllib.error.URLError, OSError) as exc:
-            raise ConfigError(
-                f"mlflow.tracking_uri={uri!r} does not answer within {config.timeout_s} s: {exc}"
-            ) from exc
-    elif uri.startswith("sqlite:///"):
+    if uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     try:
         return use_experiment(config)
+    except ConfigError:
+        raise
     except Exception as exc:  # MLflow raises many types for a store it cannot use
         raise ConfigError(f"mlflow.tracking_uri={uri!r}: cannot open experiment {config.experiment!r}: {exc}") from exc
 
