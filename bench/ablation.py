@@ -170,7 +170,7 @@ def per_metric(runs: dict[int, dict[str, float]]) -> dict[str, tuple[float, floa
 
 
 def verdict(variant: dict[str, tuple[float, float]], reference: dict[str, tuple[float, float]]) -> str:
-    """Which metrics are better or worse than the reference beyond both mean ± std intervals."""
+    """Which metrics are better or worse than the reference's beyond both mean ± std intervals."""
     better, worse = [], []
     for metric in METRICS:
         (mean, std), (ref_mean, ref_std) = variant[metric], reference[metric]
@@ -181,7 +181,8 @@ def verdict(variant: dict[str, tuple[float, float]], reference: dict[str, tuple[
     if not better and not worse:
         return "no difference (every metric within mean ± std)"
     parts = [f"better on {', '.join(better)}" if better else "", f"worse on {', '.join(worse)}" if worse else ""]
-    return "; ".join(p for p in parts if p) + " (beyond mean ± std); the rest within"
+    same = [HEADINGS[m] for m in METRICS if HEADINGS[m] not in better + worse]
+    return "; ".join(p for p in parts if p) + (f"; no difference on {', '.join(same)}" if same else "")
 
 
 def cell(mean: float, std: float | None = None) -> str:
@@ -205,9 +206,14 @@ def results_markdown(outcomes: dict[str, Outcome], references: References, budge
     reference = stats.get(REFERENCE_VARIANT)
     reading = [f"- **{name}** vs **{REFERENCE_VARIANT}**: {verdict(stats[name], reference)}"
                for name in outcomes if reference is not None and name != REFERENCE_VARIANT]
-    losses = [f"- {name}: train loss {statistics.fmean(a for a, _ in o.loss):.4g} → "
-              f"{statistics.fmean(b for _, b in o.loss):.4g} (mean over seeds; each variant's own loss)"
-              for name, o in outcomes.items()]
+    learnt = [f"- **{name}** vs the untrained student: {verdict(stats[name], untrained_stats)}" for name in outcomes]
+    runs = ["| variant | seed | " + " | ".join(HEADINGS[m] for m in METRICS) + " | train loss | s |",
+            "|---|---:" + "|---:" * (len(METRICS) + 2) + "|"]
+    for name, outcome in outcomes.items():
+        for (seed, metrics), wall, (first, last) in zip(outcome.metrics.items(), outcome.wall_s, outcome.loss,
+                                                        strict=True):
+            values = " | ".join(cell(metrics.get(f"val/gt/{m}", math.nan)) for m in METRICS)
+            runs.append(f"| {name} | {seed} | {values} | {first:.4g} → {last:.4g} | {wall:.0f} |")
     corruption = ", ".join(f"{k} {v}" for k, v in CORRUPTION.items())
     return "\n".join([
         "# Loss ablation: the paper's confidence-aware distillation vs its ablations and `robust`",
@@ -239,9 +245,13 @@ def results_markdown(outcomes: dict[str, Outcome], references: References, budge
         "",
         *reading,
         "",
-        "## Training loss",
+        "What training reached at this budget (the same rule, against the untrained student of the same seeds):",
         "",
-        *losses,
+        *learnt,
+        "",
+        "## Runs (final `val/gt/*` of each run; train loss is each variant's own loss, first → last logged)",
+        "",
+        *runs,
     ]) + "\n"
 
 
