@@ -35,14 +35,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import signal
-import socket
-import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,8 +60,9 @@ from d3r.cache.store import (
     rejects_uri,
     table_metadata,
 )
-from d3r.config import ConfigError, D3RConfig, RayConfig, TeacherConfig, config_to_yaml
+from d3r.config import ConfigError, D3RConfig, TeacherConfig, config_to_yaml
 from d3r.entry import JobInterrupted
+from d3r.raysession import ray_session
 from d3r.scenes.sampling import FitReport, SamplingTally, sample_scene
 from d3r.scenes.sources import list_scenes
 from d3r.teachers.base import Teacher, build_teacher, fingerprint_id
@@ -262,62 +259,6 @@ def plan_samples(config: D3RConfig, fingerprint: str, done: set[str], rejected: 
                                  "item": item, "stage": "list", "reason": reason})
     tally.check(config.scenes)
     return plan
-
-
-def ray_endpoint(address: str) -> tuple[str, int] | None:
-    """``(host, port)`` of a Ray address (``host:port``, ``ray://host:port``); None for ``auto``, ``local``."""
-    host, colon, port = address.split("://", 1)[-1].rpartition(":")
-    return (host.strip("[]"), int(port)) if colon and port.isdigit() else None
-
-
-def check_ray_reachable(config: RayConfig) -> None:
-    """The Ray address the job will join (``ray.address``, else ``RAY_ADDRESS``) answers within
-    ``ray.connect_timeout_s`` (``ray.init`` itself would wait minutes).
-
-    Raises:
-        ConfigError: naming ``ray.address`` and the address.
-    """
-    address = config.address or os.environ.get("RAY_ADDRESS")
-    endpoint = ray_endpoint(address) if address else None
-    if endpoint is None:
-        return
-    try:
-        socket.create_connection(endpoint, timeout=config.connect_timeout_s).close()
-    except OSError as exc:
-        origin = "ray.address" if config.address else "ray.address (unset; RAY_ADDRESS)"
-        raise ConfigError(
-            f"{origin}: cannot reach the Ray cluster at {address} within ray.connect_timeout_s="
-            f"{config.connect_timeout_s:g} s ({exc}); check the address, or unset it to start a local Ray"
-        ) from None
-
-
-@contextmanager
-def ray_session(config: RayConfig) -> Iterator[None]:
-    """Ray for the job: the caller's when already initialised, else ``ray.init`` (shut down after).
-
-    ``ray.init`` replaces the SIGTERM handler with its own; the caller's is put back, so that SIGTERM
-    still stops the job cleanly (see :mod:`d3r.entry`).
-    """
-    if ray.is_initialized():
-        yield
-        return
-    check_ray_reachable(config)
-    kwargs: dict[str, Any] = {}
-    if config.address:
-        kwargs["address"] = config.address
-    if config.num_cpus:
-        kwargs["num_cpus"] = config.num_cpus
-    main_thread = threading.current_thread() is threading.main_thread()
-    sigterm = signal.getsignal(signal.SIGTERM) if main_thread else None
-    try:
-        ray.init(**kwargs)
-    finally:
-        if sigterm is not None:
-            signal.signal(signal.SIGTERM, sigterm)
-    try:
-        yield
-    finally:
-        ray.shutdown()
 
 
 def teacher_gpus(requested: float) -> float:

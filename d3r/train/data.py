@@ -346,9 +346,10 @@ def read_index(dataset: lance.LanceDataset, uri: str) -> dict[str, np.ndarray]:
     table = dataset.to_table(columns=list(INDEX_COLUMNS))
     index = {name: table[name].to_numpy(zero_copy_only=False) for name in INDEX_COLUMNS}
     for name, version in sorted(set(zip(index["codec"].tolist(), index["codec_version"].tolist(), strict=True))):
-        if name not in CODECS or CODECS[name].version != version:
+        if name not in CODECS or version not in CODECS[name].readable_versions:
+            readable = sorted(f"{c.name}:{v}" for c in CODECS.values() for v in c.readable_versions)
             raise ConfigError(f"cache.uri: {uri} holds rows of codec {name!r} version {version}, which this build "
-                              f"cannot decode (it decodes {sorted(f'{c.name}:{c.version}' for c in CODECS.values())})")
+                              f"cannot decode (it decodes {readable})")
     return index
 
 

@@ -265,7 +265,7 @@ def run_train(config: D3RConfig) -> TrainSummary:
     """
     from mlflow import MlflowClient
 
-    from d3r.cache.pipeline import ray_session
+    from d3r.raysession import ray_session
 
     started = time.perf_counter()
     config = with_absolute_paths(config)

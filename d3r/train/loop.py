@@ -514,8 +514,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     step_samples = step_views = 0
     while progress.step < plan.total_steps:
         epoch, consumed = plan.position(progress.step)
-        batches: Iterator[dict[str, Any]] = islice(train_data.batches(epoch), consumed,
-                                                   plan.steps_per_epoch * plan.grad_accum)
+        batches: Iterator[dict[str, Any]] = islice(train_data.batches(epoch, start=consumed),
+                                                   plan.steps_per_epoch * plan.grad_accum - consumed)
         for forward_index, batch in enumerate(batches):
             # forward and backward; DDP syncs gradients on the step's last forward only
             last_forward = (forward_index + 1) % plan.grad_accum == 0
