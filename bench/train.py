@@ -17,11 +17,29 @@ Both sides run on one thread (``torch.set_num_threads(1)``, BLAS/OpenMP pinned t
 numpy loads), as a training worker with ``train.cpus_per_worker: 1`` does, and are timed in process CPU
 time (robust to other jobs on a shared box); wall time is shown beside it.
 
-GPU mode (``--gpu``, issue 10): samples/s per GPU and peak memory for ``distill3r-s`` and ``d3r-s`` at
-20 views against the official serial-scene, one-view-per-head loop. It is not written yet: it goes in
-as its own section function registered in :data:`SECTIONS` (see there), writing its own ``##`` section.
+``step`` (CPU) and ``--gpu``: training-step throughput of our loop against the official one, same model,
+same loss, same optimiser, same random batch (images and teacher maps drawn at random: the cost of a step
+does not depend on the values), in one run:
+
+- **ours** (:mod:`d3r.train.loop`): the B scenes in **one** forward ``[B, N, 3, H, W]``, heads on all B·N
+  views at once: ``forward_loss`` → backward → ``optimiser_step`` (AdamW with decay/no-decay groups,
+  gradient clipping);
+- **official** (Distill3R's ``training_step``, reference §5): each scene forwarded alone ``[1, N, 3, H, W]``
+  with the heads one view at a time (``head_chunk=1``), the B per-scene losses averaged and backpropagated
+  once (Lightning's automatic optimisation, so all B graphs are alive at the backward), then the same
+  ``optimiser_step``. The gradient is the same as ours (our loss averages over the B scenes too).
+
+Samples/s = B / median step time over the timed steps after the warm-up. ``step``: ``tiny`` and ``d3r-s``
+(``--step-students``) at ``--views`` views, ``--size`` HxW, B = ``--batch-size``, fp32, one thread, in
+process CPU time (wall beside it), as the ``input`` section. ``--gpu``: ``distill3r-s`` and ``d3r-s`` at
+20 views, ``--gpu-size`` (378x504: the crop of a 512x384 teacher's pixels), B in {1, 2, 4}, bf16 autocast
+(``d3r.train.loop.resolve_precision``), wall time after CUDA synchronisation, and the peak
+``torch.cuda.max_memory_allocated`` of the steps (model, gradients, AdamW state and activations);
+a run out of memory is reported as such. ``--gpu`` without CUDA exits 2 saying so.
 
     .venv/bin/python bench/train.py [--section input] [--scenes 8] [--batch-size 2] [--steps 5 2]
+    .venv/bin/python bench/train.py --section step [--views 4] [--size 112 112] [--timed-steps 3]
+    .venv/bin/python bench/train.py --gpu [--gpu-size 378 504] [--timed-steps 5]
 """
 
 from __future__ import annotations
@@ -33,7 +51,9 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUME
 
 import argparse  # noqa: E402
 import datetime as dt  # noqa: E402
+import gc  # noqa: E402
 import statistics  # noqa: E402
+import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
@@ -47,14 +67,22 @@ from sections import write_sections  # noqa: E402  (bench/sections.py, beside th
 from d3r.config import D3RConfig, load_config  # noqa: E402
 from d3r.machine import describe_machine  # noqa: E402
 from d3r.student import build_student  # noqa: E402
+from d3r.teachers.base import OUTPUT_KEYS  # noqa: E402
 from d3r.train.data import CacheData, build_cache_data  # noqa: E402
-from d3r.train.loss import build_loss  # noqa: E402
+from d3r.train.loop import Precision, forward_loss, optimiser_step, parameter_groups, resolve_precision  # noqa: E402
+from d3r.train.loss import DistillLoss, build_loss  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "train.md"
 TITLE = "Training benchmarks"
 STUDENTS = ("tiny", "distill3r-s")
 PATCH = 14  # every student preset's
 MIN_RATIO = 2.0
+STEP_STUDENTS = ("tiny", "d3r-s")
+GPU_STUDENTS = ("distill3r-s", "d3r-s")
+GPU_VIEWS = 20
+GPU_BATCHES = (1, 2, 4)
+CPU_WARMUP, GPU_WARMUP = 1, 2  # untimed steps first (allocations, AdamW state, kernel selection)
+STEP_TITLE = "## Training step, ours vs official"
 
 
 def bench_config(uri: str, scenes: int, views: int, batch_size: int) -> D3RConfig:
@@ -168,9 +196,195 @@ def input_section(args: argparse.Namespace) -> str:
     ])
 
 
-# One section function per mode. The GPU mode (`--gpu`, issue 10) registers its own function here
-# (e.g. "gpu": gpu_section) and writes its own "## ..." section; nothing here stands in for it.
-SECTIONS: dict[str, Callable[[argparse.Namespace], str]] = {"input": input_section}
+def random_batch(scenes: int, views: int, height: int, width: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """A batch shaped as ``CacheData.batches`` yields it, random: ``images`` uint8 ``[B, N, 3, H, W]``, teacher
+    ``pts3d_*`` ``[B, N, H, W, 3]`` and ``conf_*`` ``[B, N, H, W]`` in [1, 11) (every pixel valid)."""
+    generator = torch.Generator().manual_seed(0)
+    batch = {"images": torch.randint(0, 256, (scenes, views, 3, height, width), dtype=torch.uint8,
+                                     generator=generator)}
+    for key in OUTPUT_KEYS:
+        if key.startswith("pts3d"):
+            batch[key] = torch.randn(scenes, views, height, width, 3, generator=generator)
+        else:
+            batch[key] = 1 + 10 * torch.rand(scenes, views, height, width, generator=generator)
+    return {key: value.to(device) for key, value in batch.items()}
+
+
+def scene_of(batch: dict[str, torch.Tensor], index: int) -> dict[str, torch.Tensor]:
+    """Scene ``index`` of a batch as a batch of one: every tensor ``[1, ...]``."""
+    return {key: value[index : index + 1] for key, value in batch.items()}
+
+
+LossFn = Callable[[torch.nn.Module, dict[str, torch.Tensor], DistillLoss, torch.device, Precision], torch.Tensor]
+
+
+def ours_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], loss_fn: DistillLoss, device: torch.device,
+              precision: Precision) -> torch.Tensor:
+    """d3r's loop: the B scenes in one forward."""
+    return forward_loss(model, batch, loss_fn, device, precision)[0]
+
+
+def official_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], loss_fn: DistillLoss,
+                  device: torch.device, precision: Precision) -> torch.Tensor:
+    """Distill3R's ``training_step``: one forward per scene, the per-scene losses averaged."""
+    scenes = batch["images"].shape[0]
+    return torch.stack([forward_loss(model, scene_of(batch, b), loss_fn, device, precision)[0]
+                        for b in range(scenes)]).mean()
+
+
+# loop name -> (student head_chunk, loss of one batch)
+LOOPS: dict[str, tuple[int | None, LossFn]] = {"ours": (None, ours_loss), "official": (1, official_loss)}
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """Samples/s of process CPU time and of wall time, and the peak CUDA memory (GB; None on CPU)."""
+
+    cpu: float
+    wall: float
+    peak_gb: float | None
+
+
+def measure_loop(loop: str, preset: str, config: D3RConfig, batch: dict[str, torch.Tensor], warmup: int,
+                 steps: int, device: torch.device) -> StepResult:
+    """Train ``preset`` (random init, seed 0) with ``loop`` on ``batch`` for ``warmup`` + ``steps`` optimiser
+    steps; rates from the median timed step."""
+    head_chunk, loss_of = LOOPS[loop]
+    torch.manual_seed(0)
+    student = build_student(preset, head_chunk=head_chunk, image_ids=config.student.image_ids).to(device).train()
+    precision = resolve_precision(config.train.precision, device)
+    loss_fn = build_loss(config.train)
+    params = [p for p in student.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameter_groups(student, config.train.weight_decay), lr=config.train.lr)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    cpu_times, wall_times = [], []
+    for i in range(warmup + steps):
+        cpu_start, wall_start = time.process_time(), time.perf_counter()
+        scaler.scale(loss_of(student, batch, loss_fn, device, precision)).backward()
+        optimiser_step(params, optimizer, scaler, config.train.grad_clip)
+        if cuda:
+            torch.cuda.synchronize(device)
+        if i >= warmup:
+            cpu_times.append(time.process_time() - cpu_start)
+            wall_times.append(time.perf_counter() - wall_start)
+    scenes = batch["images"].shape[0]
+    peak = torch.cuda.max_memory_allocated(device) / 1e9 if cuda else None
+    return StepResult(scenes / statistics.median(cpu_times), scenes / statistics.median(wall_times), peak)
+
+
+def compare_loops(preset: str, config: D3RConfig, batch: dict[str, torch.Tensor], warmup: int, steps: int,
+                  device: torch.device) -> dict[str, StepResult | None]:
+    """Ours then official on the same batch; None where a loop ran out of CUDA memory."""
+    results: dict[str, StepResult | None] = {}
+    for loop in LOOPS:
+        try:
+            results[loop] = measure_loop(loop, preset, config, batch, warmup, steps, device)
+        except torch.cuda.OutOfMemoryError:
+            results[loop] = None
+        gc.collect()  # the failed step's tensors, before the next loop measures its peak
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        print(f"  {preset} B={batch['images'].shape[0]} {loop}: {results[loop]}", flush=True)
+    return results
+
+
+def run_command() -> str:
+    """This run's command line, for the results file."""
+    return " ".join(["bench/train.py", *sys.argv[1:]])
+
+
+def step_setup(config: D3RConfig) -> list[str]:
+    """The bullets both step sections share."""
+    return [
+        "- ours: `d3r.train.loop` pieces: the B scenes in one forward `[B, N, 3, H, W]`, heads on all B·N views "
+        "at once; `forward_loss` → backward → `optimiser_step` (AdamW decay/no-decay groups, gradient clipping "
+        f"at {config.train.grad_clip})",
+        "- official: Distill3R's `training_step` (reference §5): each scene forwarded alone `[1, N, 3, H, W]`, "
+        "heads one view at a time (`head_chunk=1`), the B per-scene losses averaged, one backward (Lightning: "
+        "all B graphs alive at the backward), then the same `optimiser_step`; same gradient as ours",
+        "- same student (random init, seed 0), loss (`build_loss`, robust variant, defaults), optimiser and batch "
+        "(random images and teacher maps: a step's cost does not depend on the values); `student.image_ids: random`",
+    ]
+
+
+def step_section(args: argparse.Namespace) -> str:
+    """Ours vs official on CPU (markdown)."""
+    torch.set_num_threads(1)
+    machine = describe_machine(threads=1)
+    config = load_config(None, [], environ={})
+    device = torch.device("cpu")
+    height, width = args.size
+    batch = random_batch(args.batch_size, args.views, height, width, device)
+    rows = []
+    for preset in args.step_students:
+        ours, official = compare_loops(preset, config, batch, CPU_WARMUP, args.timed_steps, device).values()
+        rows.append(f"| {preset} | {ours.cpu:.3f} ({ours.wall:.3f}) | {official.cpu:.3f} ({official.wall:.3f}) | "
+                    f"**{ours.cpu / official.cpu:.2f}x** |")
+    return "\n".join([
+        f"{STEP_TITLE} (CPU)",
+        "",
+        f"- date: {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- machine: {machine}",
+        f"- command: `{run_command()}`",
+        f"- B = {args.batch_size} scenes of {args.views} views at {width}x{height} (WxH), fp32, "
+        f"{CPU_WARMUP} warm-up step then the median of {args.timed_steps} timed optimiser steps",
+        *step_setup(config),
+        "- one thread; samples per second of process CPU time (wall time in brackets); ratio on CPU time",
+        "",
+        "| student | ours samples/s | official samples/s | ours / official |",
+        "|---|---:|---:|---:|",
+        *rows,
+    ])
+
+
+def gb(result: StepResult | None) -> str:
+    return "out of memory" if result is None else f"{result.peak_gb:.2f}"
+
+
+def gpu_section(args: argparse.Namespace) -> str:
+    """Ours vs official on one GPU, B in ``GPU_BATCHES`` (markdown)."""
+    machine = describe_machine()
+    config = load_config(None, [], environ={})
+    device = torch.device("cuda")
+    height, width = args.gpu_size
+    precision = resolve_precision(config.train.precision, device)
+    rows = []
+    for preset in GPU_STUDENTS:
+        for scenes in GPU_BATCHES:
+            batch = random_batch(scenes, GPU_VIEWS, height, width, device)
+            ours, official = compare_loops(preset, config, batch, GPU_WARMUP, args.timed_steps, device).values()
+            speed = f"**{ours.wall / official.wall:.2f}x**" if ours and official else "-"
+            memory = f"{ours.peak_gb / official.peak_gb:.2f}x" if ours and official else "-"
+            rows.append(f"| {preset} | {scenes} | {f'{ours.wall:.2f}' if ours else '-'} | "
+                        f"{f'{official.wall:.2f}' if official else '-'} | {speed} | {gb(ours)} | {gb(official)} | "
+                        f"{memory} |")
+    return "\n".join([
+        f"{STEP_TITLE} (GPU)",
+        "",
+        f"- date: {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- machine: {machine}",
+        f"- command: `{run_command()}`",
+        f"- B scenes of {GPU_VIEWS} views at {width}x{height} (WxH), {precision} autocast, {GPU_WARMUP} warm-up "
+        f"steps then the median of {args.timed_steps} timed optimiser steps, one GPU",
+        *step_setup(config),
+        "- samples per second of wall time (CUDA synchronised after each step) per GPU; peak = "
+        "`torch.cuda.max_memory_allocated` over the steps (model, gradients, AdamW state, activations)",
+        "",
+        "| student | B | ours samples/s | official samples/s | ours / official | ours peak GB | official peak GB | "
+        "ours / official memory |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        *rows,
+    ])
+
+
+# One section function per mode, each writing its own "## ..." section.
+SECTIONS: dict[str, Callable[[argparse.Namespace], str]] = {
+    "input": input_section, "step": step_section, "gpu": gpu_section,
+}
 
 
 def main() -> None:
@@ -181,8 +395,20 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=2, help="scenes per forward")
     parser.add_argument("--epochs", type=int, default=2, help="loader epochs timed")
     parser.add_argument("--steps", type=int, nargs=len(STUDENTS), default=[10, 3],
-                        help=f"timed training steps for {', '.join(STUDENTS)}")
+                        help=f"input section: timed training steps for {', '.join(STUDENTS)}")
+    parser.add_argument("--step-students", nargs="+", default=list(STEP_STUDENTS), help="step section: presets")
+    parser.add_argument("--size", type=int, nargs=2, default=[112, 112], metavar=("H", "W"),
+                        help="step section: image size (multiples of 14)")
+    parser.add_argument("--gpu", action="store_true", help="the GPU section (same as --section gpu; needs CUDA)")
+    parser.add_argument("--gpu-size", type=int, nargs=2, default=[378, 504], metavar=("H", "W"),
+                        help="GPU section: image size (224 518 is the official training size)")
+    parser.add_argument("--timed-steps", type=int, default=3, help="step and GPU sections: timed optimiser steps")
     args = parser.parse_args()
+    if args.gpu:
+        args.section = "gpu"
+    if args.section == "gpu" and not torch.cuda.is_available():
+        parser.error(f"the GPU section needs a CUDA device; torch {torch.__version__} sees none "
+                     "(nothing run, results unchanged)")
     section = SECTIONS[args.section](args)
     print(section)
     write_sections(RESULTS, TITLE, [section])
