@@ -133,16 +133,19 @@ def check_something_to_score(config: D3RConfig, scorers: list[Scorer], samples: 
 
 
 def _sample_figures(out_dir: Path, label: str, name: str, sample: Sample, views: list[View],
-                    outputs: dict[str, np.ndarray], result: SampleResult) -> list[Path]:
-    """The view grid and point cloud of one model (files named by ``label``, titled by ``name``) against GT."""
+                    outputs: dict[str, np.ndarray], result: SampleResult, reference: Reference) -> list[Path]:
+    """The view grid and point cloud of one model (files named by ``label``, titled by ``name``) against GT:
+    the cloud is the prediction aligned to the ground truth, drawn above the ground truth's own cloud."""
     stem = out_dir / "figures" / f"{label}_{sample.scene_id}_{sample.id[:8]}"
     title = f"{name} · {sample.scene_id} · views {', '.join(sample.view_names)}"
     images = np.stack([v.image for v in views])
     return [
         figures.save_view_grid(f"{stem}_views.png", images, result.depth, outputs["conf_global"], result.error, title,
                                view_names=sample.view_names),
-        figures.save_point_cloud_views(f"{stem}_cloud.png", outputs["pts3d_global"], outputs["conf_global"],
-                                       title=title, images=images),
+        figures.save_point_cloud_views(
+            f"{stem}_cloud.png", result.aligned, outputs["conf_global"], title=title, images=images,
+            ground_truth=np.where(reference.valid[..., None], reference.points, np.nan), view0_c2w=reference.c2w[0],
+            label=f"{name}, aligned"),
     ]
 
 
@@ -210,7 +213,8 @@ class _Evaluation:
             if self.figures_left[scorer.label] > 0:
                 self.figures_left[scorer.label] -= 1
                 self.report.files += _sample_figures(self.out_dir, scorer.label, self._name(scorer.label), sample,
-                                                     inputs[scorer.is_teacher], outputs, result)
+                                                     inputs[scorer.is_teacher], outputs, result,
+                                                     ground_truth[scorer.is_teacher])
         self._score_agreement(sample, predictions, inputs.get(False, []))
 
     def _score_agreement(self, sample: Sample, predictions: dict[str, dict[str, np.ndarray]],
@@ -249,7 +253,8 @@ class _Evaluation:
                 names = [n for n in SUMMARY_METRICS if any(n in metrics for metrics in table.values())]
                 title = f"mean over scenes, vs {reference}"
                 path = self.out_dir / f"metrics_vs_{reference}.png"
-                self.report.files.append(figures.save_metric_bars(path, table, names, title, SUMMARY_METRICS))
+                self.report.files.append(figures.save_metric_bars(
+                    path, table, names, title, SUMMARY_METRICS, model_names={TEACHER: self._name(TEACHER)}))
 
 
 def log_report(report: EvalReport, config: D3RConfig) -> str:
