@@ -43,6 +43,7 @@ import lance  # noqa: E402
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 from scipy import ndimage  # noqa: E402
+from sections import write_sections  # noqa: E402  (bench/sections.py, beside this script)
 
 from d3r.cache.codec import Codec, D3rV1Codec, aligned_global, get_codec, validate_outputs  # noqa: E402
 from d3r.config import D3RConfig, load_config  # noqa: E402
@@ -496,18 +497,6 @@ def pipeline_section(args: argparse.Namespace) -> str:
 SECTIONS: dict[str, Callable[[argparse.Namespace], str]] = {"codec": codec_section, "pipeline": pipeline_section}
 
 
-def write_sections(path: Path, sections: list[str]) -> None:
-    """Write ``## ...`` sections into ``path``, replacing same-titled ones and keeping the others."""
-    kept: dict[str, str] = {}
-    if path.exists():
-        for chunk in path.read_text().split("\n## ")[1:]:
-            kept["## " + chunk.splitlines()[0]] = "## " + chunk.rstrip() + "\n"
-    for section in sections:
-        kept[section.splitlines()[0]] = section.rstrip() + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("# Cache benchmarks\n\n" + "\n".join(kept.values()))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--section", choices=[*SECTIONS, "all"], default="all")
@@ -518,7 +507,7 @@ def main() -> None:
     sections = [SECTIONS[name](args) for name in names]
     for section in sections:
         print(section)
-    write_sections(RESULTS, sections)
+    write_sections(RESULTS, "Cache benchmarks", sections)
 
 
 if __name__ == "__main__":
