@@ -17,6 +17,7 @@ import torch
 import yaml
 from PIL import Image
 from ray import cloudpickle
+from wall_teacher import brightness_wall
 
 from d3r.cache.codec import aligned_global, decode_row
 from d3r.cache.pipeline import run_cache_job
@@ -173,11 +174,7 @@ class WhiteIsNaNTeacher:
     fingerprint = {"name": "white-is-nan", "version": 1}
 
     def predict(self, images: torch.Tensor, **_: object) -> dict[str, torch.Tensor]:
-        _, _, _, h, w = images.shape
-        ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32),
-                                indexing="ij")
-        rays = torch.stack([(xs - w / 2) / w, (ys - h / 2) / w, torch.ones(h, w)], dim=-1)
-        points = rays * (1.0 + images.float().mean(dim=2) / 255.0)[..., None]
+        points = brightness_wall(images)
         points[(images == 255).flatten(1).all(dim=1)] = float("nan")
         conf = torch.full(points.shape[:-1], 3.0)
         return {"pts3d_global": points, "conf_global": conf, "pts3d_local": points.clone(), "conf_local": conf}

@@ -10,6 +10,7 @@ import lance
 import pytest
 import torch
 from ray import cloudpickle
+from wall_teacher import brightness_wall
 
 from d3r.cache.pipeline import run_cache_job
 from d3r.cache.store import rejects_uri
@@ -32,11 +33,7 @@ class ConfidentTeacher:
     fingerprint = {"name": "confident", "version": 1}
 
     def predict(self, images: torch.Tensor, **_: object) -> dict[str, torch.Tensor]:
-        _, _, _, h, w = images.shape
-        ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32),
-                                indexing="ij")
-        rays = torch.stack([(xs - w / 2) / w, (ys - h / 2) / w, torch.ones(h, w)], dim=-1)
-        points = rays * (1.0 + images.float().mean(dim=2) / 255.0)[..., None]
+        points = brightness_wall(images)
         conf = torch.full(points.shape[:-1], CONFIDENCE)
         return {"pts3d_global": points, "conf_global": conf, "pts3d_local": points.clone(), "conf_local": conf}
 
