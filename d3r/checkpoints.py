@@ -8,7 +8,7 @@ set the opt-in the caller names (e.g. ``teacher.trust_checkpoint``): unpickling 
 
 Every failure, whatever the file (missing, a folder, empty, truncated, random bytes, a pickle payload,
 the wrong types inside), is a :class:`CheckpointError` naming the file; it is a
-:class:`~d3r.config.ConfigError`, so a job exits with status 2 before any work.
+:class:`~d3r.errors.ConfigError`, so a job exits with status 2 before any work.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from d3r.config import ConfigError
+from d3r.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 

@@ -13,13 +13,13 @@ from collections.abc import Sequence
 
 from d3r.config import (
     JOB_SECTIONS,
-    ConfigError,
     D3RConfig,
     add_config_arguments,
     config_to_yaml,
     load_config,
 )
 from d3r.entry import exit_code_for, setup_logging
+from d3r.errors import ConfigError
 
 DESCRIPTION = """\
 d3r distils a multi-view 3D reconstruction model (the teacher, Fast3R) into a small student.

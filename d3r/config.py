@@ -30,13 +30,11 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
+from d3r.errors import ConfigError
+
 logger = logging.getLogger(__name__)
 
 ENV_PREFIX = "D3R_"
-
-
-class ConfigError(ValueError):
-    """A bad configuration: names the field(s), the value(s) and what is allowed."""
 
 
 class Section(BaseModel):

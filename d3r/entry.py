@@ -19,32 +19,12 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from types import FrameType
 
-from d3r.config import ConfigError, D3RConfig, load_config, split_config_args
+from d3r.config import D3RConfig, load_config, split_config_args
+from d3r.errors import ConfigError, JobBusyError, JobInterrupted
 
 EXIT_CONFIG = 2
 EXIT_BUSY = 3
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-
-class JobBusyError(RuntimeError):
-    """What the job needs is held by another job; nothing was done."""
-
-
-class JobInterrupted(BaseException):
-    """SIGTERM or SIGINT reached the job. A BaseException, so that the per-item ``except Exception``
-    of library code never swallows it. ``detail`` says what was kept (set by the job as it unwinds)."""
-
-    def __init__(self, signum: int, detail: str = ""):
-        super().__init__(signum, detail)
-        self.signum, self.detail = signum, detail
-
-    @property
-    def exit_code(self) -> int:
-        return 128 + self.signum
-
-    def __str__(self) -> str:
-        name = signal.Signals(self.signum).name
-        return f"interrupted by {name}: {self.detail}" if self.detail else f"interrupted by {name}"
 
 
 def _raise_interrupted(signum: int, frame: FrameType | None) -> None:

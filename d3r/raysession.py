@@ -15,7 +15,8 @@ from typing import Any
 
 import ray
 
-from d3r.config import ConfigError, RayConfig
+from d3r.config import RayConfig
+from d3r.errors import ConfigError
 
 
 def ray_endpoint(address: str) -> tuple[str, int] | None:

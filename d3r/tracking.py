@@ -16,7 +16,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from d3r.config import ConfigError, MlflowConfig
+from d3r.config import MlflowConfig
+from d3r.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

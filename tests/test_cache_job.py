@@ -23,7 +23,8 @@ from d3r.cache.codec import aligned_global, decode_row
 from d3r.cache.pipeline import run_cache_job
 from d3r.cache.rows import decode_ground_truth, decode_images
 from d3r.cache.store import CONFIG_KEY, LATEST_TAG, VERSION_KEY, CacheLockedError, open_dataset, rejects_uri
-from d3r.config import ConfigError, D3RConfig, TeacherConfig, load_config
+from d3r.config import D3RConfig, TeacherConfig, load_config
+from d3r.errors import ConfigError
 from d3r.scenes.sampling import load_sample, sample_scene
 from d3r.scenes.sources import list_scenes
 from d3r.teachers.base import build_teacher

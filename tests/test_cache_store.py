@@ -37,7 +37,7 @@ from d3r.cache.store import (
     rejects_uri,
     table_metadata,
 )
-from d3r.config import ConfigError
+from d3r.errors import ConfigError
 
 SUP = ["sup_a", "sup_b"]
 

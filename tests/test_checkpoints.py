@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from d3r.checkpoints import CheckpointError, read_checkpoint
-from d3r.config import ConfigError, StudentConfig, TeacherConfig
+from d3r.config import StudentConfig, TeacherConfig
+from d3r.errors import ConfigError
 from d3r.student import build_student, build_student_from_config, load_encoder_weights
 from d3r.teachers.base import build_teacher
 from d3r.teachers.fast3r import build_fast3r, load_fast3r, save_fast3r

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from d3r.config import ConfigError, cli_overrides, load_config
+from d3r.config import cli_overrides, load_config
+from d3r.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -8,8 +8,8 @@ import time
 import pytest
 
 from d3r.cli import main as cli_main
-from d3r.config import ConfigError
-from d3r.entry import EXIT_BUSY, EXIT_CONFIG, STOP_SIGNALS, JobBusyError, run_job
+from d3r.entry import EXIT_BUSY, EXIT_CONFIG, STOP_SIGNALS, run_job
+from d3r.errors import ConfigError, JobBusyError
 
 
 def test_errors_inside_the_job_become_exit_codes(capsys):
@@ -27,6 +27,23 @@ def test_errors_inside_the_job_become_exit_codes(capsys):
     seen = []
     assert run_job("prog", ["--cache.batch_size", "3"], lambda config: seen.append(config.cache.batch_size)) == 0
     assert seen == [3]
+
+
+def test_error_types_live_in_one_low_module_and_stay_importable_from_the_old_places():
+    import subprocess
+    import sys
+
+    import d3r.config
+    import d3r.entry
+    import d3r.errors
+
+    assert d3r.config.ConfigError is d3r.errors.ConfigError
+    assert d3r.entry.JobBusyError is d3r.errors.JobBusyError
+    assert d3r.entry.JobInterrupted is d3r.errors.JobInterrupted
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, d3r.errors; print(sorted(m for m in sys.modules if m.startswith('d3r')))"],
+        capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "['d3r', 'd3r.errors']"  # imports nothing of d3r: every layer may import it
 
 
 def test_cli_eval_with_a_missing_model_exits_2_naming_it(tmp_path, capsys):

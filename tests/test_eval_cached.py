@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from d3r.cli import main as d3r_main
-from d3r.config import ConfigError, load_config
+from d3r.config import load_config
+from d3r.errors import ConfigError
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 

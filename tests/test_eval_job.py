@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from d3r.config import ConfigError
+from d3r.errors import ConfigError
 from d3r.eval import figures
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -12,7 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from d3r.config import ConfigError, TeacherConfig
+from d3r.config import TeacherConfig
+from d3r.errors import ConfigError
 from d3r.nn import draw_image_ids
 from d3r.teachers.base import build_teacher, fingerprint_id
 from d3r.teachers.fast3r import (

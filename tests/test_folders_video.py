@@ -126,7 +126,8 @@ def test_a_phone_videos_rotation_tag_is_honoured(tmp_path, rotation):
 
 
 def test_setting_both_video_stride_and_video_fps_is_a_config_error_naming_both():
-    from d3r.config import ConfigError, load_config
+    from d3r.config import load_config
+    from d3r.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"video_stride=2 and scenes.video_fps=5 are both set") as info:
         load_config(None, ["--scenes.video_stride", "2"], environ={"D3R_SCENES__VIDEO_FPS": "5"})

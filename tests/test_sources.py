@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from d3r.config import ConfigError, ScenesConfig
+from d3r.config import ScenesConfig
+from d3r.errors import ConfigError
 from d3r.scenes.errors import NOT_UTF8
 from d3r.scenes.records import Scene, View
 from d3r.scenes.sampling import sample_scene

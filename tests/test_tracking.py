@@ -7,7 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from d3r.config import ConfigError, MlflowConfig
+from d3r.config import MlflowConfig
+from d3r.errors import ConfigError
 from d3r.tracking import use_experiment
 
 

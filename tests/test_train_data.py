@@ -14,7 +14,8 @@ import torch
 from d3r.cache.codec import CODECS, decode_row
 from d3r.cache.pipeline import run_cache_job
 from d3r.cache.rows import decode_ground_truth, decode_images
-from d3r.config import ConfigError, D3RConfig, load_config
+from d3r.config import D3RConfig, load_config
+from d3r.errors import ConfigError
 from d3r.geometry import depth_to_points, transform_points
 from d3r.train.data import build_cache_data, cache_lineage
 

@@ -23,7 +23,8 @@ import torch
 from mlflow import MlflowClient
 
 from d3r.cache.pipeline import run_cache_job
-from d3r.config import ConfigError, D3RConfig, EvalConfig, load_config
+from d3r.config import D3RConfig, EvalConfig, load_config
+from d3r.errors import ConfigError
 from d3r.eval.evaluate import EvalSettings
 from d3r.student.checkpoint import load_student
 from d3r.student.factory import build_student_from_config

@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 import yaml
 
 from d3r.cache.store import CONFIG_KEY, VERSION_KEY, open_dataset, rejects_uri, table_metadata
-from d3r.config import ConfigError
+from d3r.errors import ConfigError
 
 SHOWN_VERSIONS = 10
 """``show`` lists the newest this many versions (and counts the older ones)."""

@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 from d3r.cache.codec import decode_row
 from d3r.cache.rows import SUP_PREFIX
 from d3r.cache.store import open_dataset
-from d3r.config import ConfigError
+from d3r.errors import ConfigError
 from d3r.scenes.records import View
 from d3r.scenes.sampling import Sample
 

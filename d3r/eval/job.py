@@ -8,7 +8,7 @@
    not built); with ``run``, the configured teacher, run on every sample;
 2. lists the configured scene source's samples (``scenes.*``; ``eval.split``, ``eval.max_samples``);
    when nothing can be scored (no ground truth in the scenes and no student-and-teacher pair) it
-   stops here with a :class:`~d3r.config.ConfigError` saying why;
+   stops here with a :class:`~d3r.errors.ConfigError` saying why;
 3. per sample, runs each model, scores it against the ground truth where the scenes have it
    (:func:`evaluate_prediction`) and, when a teacher is among the models, scores every other model
    against the teacher's output (student-vs-teacher agreement; this needs no ground truth). Students
@@ -35,7 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-from d3r.config import ConfigError, D3RConfig
+from d3r.config import D3RConfig
+from d3r.errors import ConfigError
 from d3r.eval import figures
 from d3r.eval.agreement import save_agreement_views
 from d3r.eval.cached import CachedTeacher

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from d3r.config import ConfigError, D3RConfig
+from d3r.config import D3RConfig
+from d3r.errors import ConfigError
 from d3r.scenes.images import ImageReadError
 from d3r.scenes.limits import header_size
 from d3r.scenes.records import Scene, View

@@ -48,7 +48,8 @@ from typing import Literal
 
 import numpy as np
 
-from d3r.config import ConfigError, ScenesConfig
+from d3r.config import ScenesConfig
+from d3r.errors import ConfigError
 from d3r.geometry import pixels_to_points, project, transform_points
 from d3r.scenes.errors import InputFileError, display_path
 from d3r.scenes.limits import ImageLimitError, check_upscale, header_size_within_limits, image_size_within_limits

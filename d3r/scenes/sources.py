@@ -2,7 +2,7 @@
 
 The configuration is checked before any listing starts (unknown source, missing or wrong root, or a
 root holding the other kind of input: videos for ``folders``, images for ``video``, fail at once with
-:class:`~d3r.config.ConfigError` naming it); after that, per-item problems are scene rejects and the
+:class:`~d3r.errors.ConfigError` naming it); after that, per-item problems are scene rejects and the
 listing goes on.
 """
 
@@ -15,7 +15,8 @@ import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from d3r.config import ConfigError, ScenesConfig
+from d3r.config import ScenesConfig
+from d3r.errors import ConfigError
 from d3r.scenes.datasets import DATASET_READERS
 from d3r.scenes.errors import NOT_UTF8, display_path, is_utf8, os_error_reason
 from d3r.scenes.folders import Rejects, list_folder_scenes, rejected_scenes

@@ -33,7 +33,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from d3r.checkpoints import CheckpointError, read_checkpoint, tensor_dict
-from d3r.config import ConfigError, TeacherConfig
+from d3r.config import TeacherConfig
+from d3r.errors import ConfigError
 from d3r.nn import (
     Attention,
     Block,

@@ -49,7 +49,8 @@ from d3r.cache.codec import CODECS, has_point
 from d3r.cache.codec import decode_row as decode_supervision
 from d3r.cache.rows import BASE_FIELDS, SUP_PREFIX, decode_ground_truth, decode_images
 from d3r.cache.store import open_dataset
-from d3r.config import ConfigError, D3RConfig
+from d3r.config import D3RConfig
+from d3r.errors import ConfigError
 from d3r.geometry import align_local_to_global
 from d3r.scenes.preprocess import crop_to_patch, patch_crop_size
 from d3r.teachers.base import OUTPUT_KEYS

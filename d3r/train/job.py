@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from d3r.config import ConfigError, D3RConfig, MlflowConfig, config_to_yaml
+from d3r.config import D3RConfig, MlflowConfig, config_to_yaml
+from d3r.errors import ConfigError
 from d3r.student.checkpoint import load_student, save_student
 from d3r.student.factory import build_student_from_config
 from d3r.tracking import use_experiment
