@@ -1,0 +1,179 @@
+"""The files ``d3r reconstruct`` writes, each from one :class:`~d3r.infer.reconstruction.Reconstruction`.
+
+- :func:`write_ply`: binary little-endian PLY of the kept points (plyfile): ``x y z`` float32,
+  ``red green blue`` uint8, ``confidence`` float32 (the model's native value), ``view`` int32 (input order).
+  Coordinates are d3r's world: view 0's camera frame, OpenCV axes (x right, y down, z forward), the
+  model's unit. Blender, MeshLab and CloudCompare read the standard properties and keep the other two as
+  scalar fields.
+- :func:`write_glb`: glTF binary scene (trimesh): node ``points`` (the kept points, their colours) and one
+  node ``frustum_<i>`` per view (lines: apex at the camera centre, the image rectangle at a depth of
+  :data:`FRUSTUM_SCALE` x the scene's extent, a triangle over the image's top edge marking "up"), coloured
+  per view (matplotlib ``turbo`` along the input order). **Axes:** glTF is y up with cameras looking down
+  -z; d3r's world is OpenCV (y down, z forward). Every coordinate is converted by ``(x, y, z) → (x, -y, -z)``
+  (a 180° turn about x, no mirroring), so view 0 looks down -z with its image up along +y, the way
+  glTF viewers frame a scene.
+- :func:`write_cameras_json`: every view's intrinsics and poses, see the function for the schema.
+- :func:`write_depth_maps` / :func:`read_depth_map` (from :mod:`d3r.infer.depth_maps`): per-view depth and
+  confidence maps as 16-bit PNG with a documented scale, or float32 EXR.
+- :func:`write_colmap`: a COLMAP scene for SfM tools and Gaussian-splatting trainers, see the function.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from d3r.geometry import pixels_to_points, transform_points
+from d3r.infer.depth_maps import read_depth_map, write_depth_maps
+from d3r.infer.reconstruction import Reconstruction, ViewReconstruction
+from d3r.scenes.colmap import PIXEL_CENTRE_SHIFT
+
+__all__ = ["read_depth_map", "write_cameras_json", "write_colmap", "write_depth_maps", "write_glb", "write_ply"]
+
+logger = logging.getLogger(__name__)
+
+FRUSTUM_SCALE = 0.05  # frustum depth as a fraction of the scene's extent (robust bounding-box diagonal)
+OPENCV_TO_GLTF = np.diag([1.0, -1.0, -1.0])  # (x, y, z) OpenCV → (x, -y, -z) glTF: y up, cameras look down -z
+
+
+def write_ply(path: Path, rec: Reconstruction) -> int:
+    """Write the kept points as a binary little-endian PLY; returns how many points it holds."""
+    from plyfile import PlyData, PlyElement
+
+    xyz, rgb, conf, view = rec.kept_points()
+    vertices = np.empty(len(xyz), dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"),
+                                          ("blue", "u1"), ("confidence", "<f4"), ("view", "<i4")])
+    vertices["x"], vertices["y"], vertices["z"] = xyz.T
+    vertices["red"], vertices["green"], vertices["blue"] = rgb.T
+    vertices["confidence"], vertices["view"] = conf, view
+    comments = [f"d3r model {rec.model}", f"confidence rule {rec.confidence_rule}",
+                "world = view 0 camera frame, OpenCV axes (x right, y down, z forward)"]
+    PlyData([PlyElement.describe(vertices, "vertex")], text=False, byte_order="<", comments=comments).write(str(path))
+    logger.info("wrote %d points to %s", len(vertices), path)
+    return len(vertices)
+
+
+def _scene_extent(xyz: np.ndarray, centres: np.ndarray) -> float:
+    """Diagonal of the box holding the 2nd–98th percentile of ``xyz [M, 3]`` and all camera ``centres [N, 3]``."""
+    parts = [centres]
+    if len(xyz):
+        parts.append(np.percentile(xyz, [2.0, 98.0], axis=0))
+    box = np.concatenate(parts)
+    extent = float(np.linalg.norm(box.max(0) - box.min(0)))
+    return extent if np.isfinite(extent) and extent > 0 else 1.0
+
+
+def _frustum_lines(view: ViewReconstruction, depth: float) -> tuple[np.ndarray, np.ndarray]:
+    """A camera's frustum as line segments in world coordinates (OpenCV).
+
+    Returns:
+        ``(vertices [8, 3] float64, segments [11, 2] int)``: apex, the four image corners at z = ``depth``
+        (top-left, top-right, bottom-right, bottom-left) and a triangle (two base points, tip) over the top edge.
+    """
+    width, height = view.size
+    left, top, right, bottom = -0.5, -0.5, width - 0.5, height - 0.5  # image edges (pixel centres at integers)
+    marker = 0.3 * min(width, height)
+    centre_u = (width - 1) / 2
+    uv = np.array([[left, top], [right, top], [right, bottom], [left, bottom],
+                   [centre_u - marker / 2, top - 0.1 * marker], [centre_u + marker / 2, top - 0.1 * marker],
+                   [centre_u, top - 0.6 * marker]])
+    corners = pixels_to_points(view.K, uv, np.full(len(uv), depth))
+    camera = np.concatenate([np.zeros((1, 3)), corners])
+    segments = np.array([[0, 1], [0, 2], [0, 3], [0, 4], [1, 2], [2, 3], [3, 4], [4, 1], [5, 6], [6, 7], [7, 5]])
+    return transform_points(view.c2w, camera), segments
+
+
+def write_glb(path: Path, rec: Reconstruction) -> None:
+    """Write the kept points and one frustum per view as a glTF binary (axes converted: see the module)."""
+    import matplotlib
+    import trimesh
+    from trimesh.path.entities import Line
+
+    xyz, rgb, _, _ = rec.kept_points()
+    centres = np.array([view.c2w[:3, 3] for view in rec.views], dtype=np.float64)
+    depth = FRUSTUM_SCALE * _scene_extent(xyz, centres)
+    scene = trimesh.Scene()
+    if len(xyz):
+        colours = np.concatenate([rgb, np.full((len(rgb), 1), 255, np.uint8)], axis=1)
+        scene.add_geometry(trimesh.PointCloud(xyz.astype(np.float64) @ OPENCV_TO_GLTF.T, colors=colours),
+                           geom_name="points", node_name="points")
+    colormap = matplotlib.colormaps["turbo"]
+    for i, view in enumerate(rec.views):
+        vertices, segments = _frustum_lines(view, depth)
+        colour = np.array(colormap(i / max(len(rec.views) - 1, 1)), dtype=np.float64) * 255
+        frustum = trimesh.path.Path3D(entities=[Line(segment) for segment in segments],
+                                      vertices=vertices @ OPENCV_TO_GLTF.T,
+                                      colors=np.tile(np.rint(colour).astype(np.uint8), (len(segments), 1)),
+                                      metadata={"view": view.name})
+        scene.add_geometry(frustum, geom_name=f"frustum_{i}", node_name=f"frustum_{i}")
+    Path(path).write_bytes(scene.export(file_type="glb"))
+    logger.info("wrote %d points and %d camera frustums to %s", len(xyz), len(rec.views), path)
+
+
+def _view_counts(rec: Reconstruction) -> list[dict[str, int]]:
+    """Per view: ``valid`` (finite points) and ``kept`` (valid and kept by the confidence rule)."""
+    counts = []
+    for view in rec.views:
+        valid = np.isfinite(view.points).all(-1)
+        counts.append({"valid": int(valid.sum()), "kept": int((valid & view.keep).sum())})
+    return counts
+
+
+def _w2c(c2w: np.ndarray) -> np.ndarray:
+    """``[4, 4]`` world-to-camera of a rigid camera-to-world ``c2w [4, 4]``."""
+    rotation = c2w[:3, :3].T
+    w2c = np.eye(4)
+    w2c[:3, :3], w2c[:3, 3] = rotation, -rotation @ c2w[:3, 3]
+    return w2c
+
+
+def write_cameras_json(path: Path, rec: Reconstruction) -> None:
+    """Write every view's intrinsics and poses as JSON.
+
+    Schema (``format: "d3r.cameras"``, ``version: 1``)::
+
+        model             str    the model's label
+        confidence_rule   str    the rule that kept the points (PLY, GLB, COLMAP)
+        conventions       {str: str}  the frames and pixel convention, in words
+        points            {"valid": int, "kept": int}   all views together (kept = the PLY's points)
+        views             [ {name, index, width, height,
+                             K [3][3], fx, fy, cx, cy          pixel centres at integers (d3r, OpenCV)
+                             colmap: {fx, fy, cx, cy}          pixel centres at +0.5 (COLMAP, 3DGS, nerfstudio)
+                             c2w [4][4], w2c [4][4]            OpenCV axes, world = view 0's camera
+                             points: {"valid", "kept"}} ]
+    """
+    counts = _view_counts(rec)
+    views = []
+    for i, (view, count) in enumerate(zip(rec.views, counts, strict=True)):
+        width, height = view.size
+        K = np.asarray(view.K, dtype=np.float64)
+        fx, fy, cx, cy = float(K[0, 0]), float(K[1, 1]), float(K[0, 2]), float(K[1, 2])
+        views.append({
+            "name": view.name, "index": i, "width": width, "height": height,
+            "K": K.tolist(), "fx": fx, "fy": fy, "cx": cx, "cy": cy,
+            "colmap": {"fx": fx, "fy": fy, "cx": cx + PIXEL_CENTRE_SHIFT, "cy": cy + PIXEL_CENTRE_SHIFT},
+            "c2w": np.asarray(view.c2w, dtype=np.float64).tolist(), "w2c": _w2c(view.c2w).tolist(),
+            "points": count,
+        })
+    document = {
+        "format": "d3r.cameras", "version": 1,
+        "model": rec.model, "confidence_rule": rec.confidence_rule,
+        "conventions": {
+            "world": "view 0's camera frame, in the model's unit",
+            "axes": "OpenCV: x right, y down, z forward",
+            "c2w": "camera-to-world 4x4; w2c is its inverse",
+            "pixels": "K, fx..cy: centre of the first pixel at (0, 0); colmap: at (0.5, 0.5)",
+            "size": "width x height of the view as written (the photo's orientation)",
+        },
+        "points": {"valid": sum(c["valid"] for c in counts), "kept": sum(c["kept"] for c in counts)},
+        "views": views,
+    }
+    Path(path).write_text(json.dumps(document, indent=2))
+    logger.info("wrote %d cameras to %s", len(views), path)
+
+
+def write_colmap(folder: Path, rec: Reconstruction) -> None:
+    raise NotImplementedError
