@@ -43,12 +43,14 @@ class EvaluatedModel:
         is_teacher: the configured teacher (the reference for student-vs-teacher agreement).
         predict: one sample's loaded views → ``pts3d_global`` ``[N, H, W, 3]``, ``conf_global``
             ``[N, H, W]``, ``pts3d_local``, ``conf_local`` (float32 numpy).
+        patch_size: the views' H and W must be multiples of this (1: any size).
     """
 
     label: str
     source: str
     is_teacher: bool
     predict: Predict
+    patch_size: int = 1
 
 
 def images_tensor(views: list[View]) -> torch.Tensor:
@@ -118,8 +120,8 @@ def model_label(entry: str) -> str:
     return _label(f"student_{Path(entry).stem}")
 
 
-def load_student_checkpoint(path: Path, device: torch.device) -> Predict:
-    """A student from a checkpoint file (see :func:`d3r.student.checkpoint.load_student`).
+def load_student_checkpoint(path: Path, device: torch.device) -> tuple[Predict, int]:
+    """A student from a checkpoint file (see :func:`d3r.student.checkpoint.load_student`), and its patch size.
 
     Raises:
         FileNotFoundError: when ``path`` does not exist.
@@ -127,11 +129,12 @@ def load_student_checkpoint(path: Path, device: torch.device) -> Predict:
     """
     from d3r.student.checkpoint import load_student
 
-    return _module_predict(load_student(path), device, str(path))
+    student = load_student(path)
+    return _module_predict(student, device, str(path)), student.spec.patch_size
 
 
-def load_registered_model(uri: str) -> Predict:
-    """A model from the MLflow registry of the current tracking URI (``models:/NAME@ALIAS``).
+def load_registered_model(uri: str) -> tuple[Predict, int]:
+    """A model from the MLflow registry of the current tracking URI (``models:/NAME@ALIAS``), and its patch size.
 
     Raises:
         ValueError: naming the URI when the registry has no such model.
@@ -146,14 +149,17 @@ def load_registered_model(uri: str) -> Predict:
             f"eval.models: cannot load {uri!r} from the registry at {mlflow.get_tracking_uri()} ({exc}); "
             "register a model first, or pass a checkpoint path"
         ) from exc
-    return _pyfunc_predict(pyfunc, uri)
+    return _pyfunc_predict(pyfunc, uri), pyfunc.unwrap_python_model().student.spec.patch_size
 
 
-def load_model(entry: str, config: D3RConfig) -> EvaluatedModel:
-    """The model named by one ``eval.models`` entry (see the module docstring)."""
+def load_model(entry: str, config: D3RConfig, device: str | None = None) -> EvaluatedModel:
+    """The model named by one ``eval.models`` entry (see the module docstring); a student checkpoint runs on
+    ``device`` (``auto``, ``cpu``, ``cuda``; None: ``eval.device``)."""
     label = model_label(entry)
     if entry == TEACHER:
-        return EvaluatedModel(label, entry, True, _teacher_predict(build_teacher(config.teacher)))
+        teacher = build_teacher(config.teacher)
+        return EvaluatedModel(label, entry, True, _teacher_predict(teacher), teacher.patch_size)
     if entry.startswith(REGISTRY_PREFIX):
-        return EvaluatedModel(label, entry, False, load_registered_model(entry))
-    return EvaluatedModel(label, entry, False, load_student_checkpoint(Path(entry), _device(config.eval.device)))
+        return EvaluatedModel(label, entry, False, *load_registered_model(entry))
+    predict, patch_size = load_student_checkpoint(Path(entry), _device(device or config.eval.device))
+    return EvaluatedModel(label, entry, False, predict, patch_size)

@@ -10,8 +10,8 @@ the old camera frame is at ``(-y, x, z)`` in the new one (``R_TURN``), so
 - camera-to-world pose: ``pose' = pose · diag(R_TURNᵀ, 1)`` (the world does not move);
 - depth (z) is unchanged; the depth map turns with the pixels (no resampling).
 
-:func:`unturn_map` and :func:`unturn_points` bring a model's outputs for a turned view back to the photo's
-orientation (pixel grid, and camera-frame coordinates).
+:func:`unturn_map`, :func:`unturn_points` and :func:`unturn_camera` bring a model's outputs for a turned view back
+to the photo's orientation (pixel grid, camera-frame coordinates, and the camera).
 """
 
 from __future__ import annotations
@@ -62,3 +62,14 @@ def turn_view(view: View) -> View:
         K=None if view.K is None else turned_intrinsics(view.K, height),
         pose=None if view.pose is None else turned_pose(view.pose),
     )
+
+
+def unturn_camera(K: np.ndarray, pose: np.ndarray, size: tuple[int, int], turns: int) -> tuple[np.ndarray, np.ndarray]:
+    """Undo ``turns`` clockwise quarter turns of a camera: ``[3, 3]`` K and ``[4, 4]`` camera-to-world pose of the
+    turned view (of (W, H) ``size``) → those of the photo's camera (as many more turns as complete a full circle)."""
+    K, pose = np.asarray(K, dtype=np.float64), np.asarray(pose, dtype=np.float64)
+    width, height = size
+    for _ in range(-turns % 4):
+        K, pose = turned_intrinsics(K, height), turned_pose(pose)
+        width, height = height, width
+    return K, pose
