@@ -126,6 +126,22 @@ def _cmd_train(args: argparse.Namespace, rest: list[str]) -> int:
     return 0
 
 
+def _cmd_reconstruct(args: argparse.Namespace, rest: list[str]) -> int:
+    from pathlib import Path
+
+    from d3r.infer.reconstruct import ReconstructOptions, reconstruct_to_folder
+
+    options = ReconstructOptions(
+        conf_percentile=args.conf_percentile, conf_threshold=args.conf_threshold,
+        max_views_per_pass=args.max_views_per_pass, depth_format=args.depth_format, html=args.html,
+        device=args.device, long_side=args.long_side)
+    rec = reconstruct_to_folder(Path(args.input), args.model, Path(args.out), _config(args, rest), options)
+    kept = sum(int(view.keep.sum()) for view in rec.views)
+    print(f"reconstructed {len(rec.views)} views with {rec.model} in {sum(rec.timings.values()):.1f} s: "
+          f"{kept} points kept ({rec.confidence_rule}); wrote {args.out}")
+    return 0
+
+
 def _parse_size(text: str) -> tuple[int, int]:
     try:
         width, height = (int(v) for v in text.lower().split("x"))
@@ -199,6 +215,28 @@ def build_parser() -> argparse.ArgumentParser:
              "Score each model in eval.models against ground truth and students against the teacher; write "
              "tables and figures to eval.out_dir and log them to MLflow.",
              JOB_SECTIONS["eval"]).set_defaults(func=_cmd_eval)
+    recon = _command(sub, "reconstruct", "reconstruct photos or a video into points, cameras (COLMAP), depth maps",
+                     "Reconstruct a folder of images, a video or a COLMAP scene folder with MODEL and write a "
+                     "coloured point cloud (PLY), a GLB scene, a COLMAP model, cameras.json, depth and confidence "
+                     "maps and timings into OUT_DIR (see README, Reconstruct your photos).")
+    recon.add_argument("input", metavar="INPUT", help="a folder of images, a video file, or a COLMAP scene folder")
+    recon.add_argument("--model", required=True, metavar="MODEL",
+                       help="models:/NAME@ALIAS, a student checkpoint, or `teacher` (the configured teacher.*)")
+    recon.add_argument("-o", "--out", required=True, metavar="OUT_DIR",
+                       help="output folder: new, empty, or a previous reconstruct output")
+    rule = recon.add_mutually_exclusive_group()
+    rule.add_argument("--conf-percentile", type=float, metavar="P",
+                      help="keep points at or above this percentile of the run's confidences (default 10)")
+    rule.add_argument("--conf-threshold", type=float, metavar="C", help="or: keep points with confidence >= C")
+    recon.add_argument("--max-views-per-pass", type=int, default=64, metavar="N",
+                       help="most views the model sees at once; more run in passes sharing view 0 (default 64)")
+    recon.add_argument("--depth-format", choices=["png16", "exr"], default="png16",
+                       help="depth and confidence maps (default png16)")
+    recon.add_argument("--html", action="store_true", help="also write viewer.html, a one-file viewer")
+    recon.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                       help="where a student checkpoint runs (the teacher: teacher.device)")
+    recon.add_argument("--long-side", type=int, metavar="PX", help="model input long side (default scenes.long_side)")
+    add_config_arguments(recon, ["scenes", "teacher", "mlflow"]).set_defaults(func=_cmd_reconstruct)
     return parser
 
 
