@@ -17,6 +17,7 @@ from d3r.scenes.colmap import (
     read_colmap_scene,
     read_points3d_binary,
     read_points3d_text,
+    write_colmap_model,
     write_colmap_scene,
 )
 from d3r.scenes.synthetic import render_scene
@@ -244,3 +245,65 @@ def test_find_scenes_root_or_folder_of_models(tmp_path, scene_dir):
         find_colmap_scenes(tmp_path / "missing")
     with pytest.raises(ValueError, match="no COLMAP model"):
         read_colmap_scene(tmp_path / "not_a_scene")
+
+
+def random_cameras(rng: np.random.Generator, count: int) -> tuple[list[tuple[int, int]], np.ndarray, np.ndarray]:
+    """``count`` sizes, Ks ``[N, 3, 3]`` (ours) and camera-to-world poses ``[N, 4, 4]``, all different."""
+    from scipy.spatial.transform import Rotation
+
+    sizes = [(int(rng.integers(20, 60)), int(rng.integers(20, 60))) for _ in range(count)]
+    K = np.zeros((count, 3, 3))
+    K[:, 0, 0], K[:, 1, 1] = rng.uniform(30, 90, count), rng.uniform(30, 90, count)
+    K[:, 0, 2], K[:, 1, 2], K[:, 2, 2] = rng.uniform(5, 15, count), rng.uniform(5, 15, count), 1.0
+    c2w = np.tile(np.eye(4), (count, 1, 1))
+    c2w[:, :3, :3] = Rotation.random(count, random_state=int(rng.integers(1 << 31))).as_matrix()
+    c2w[:, :3, 3] = rng.normal(size=(count, 3)) * 3
+    return sizes, K, c2w
+
+
+@pytest.mark.parametrize("text", [False, True])
+def test_write_colmap_model_reads_back_in_pycolmap(tmp_path, text):
+    """pycolmap reads what we write: COLMAP's K is ours + 0.5 px, poses world-to-camera, points with colours."""
+    import pycolmap
+
+    rng = np.random.default_rng(3)
+    names = ["a.png", "sub/ü.jpg", "c.png", "d.png"]
+    sizes, K, c2w = random_cameras(rng, len(names))
+    K[3], sizes[3] = K[2], sizes[2]  # shares view 2's camera
+    xyz = rng.normal(size=(50, 3))
+    rgb = rng.integers(0, 256, size=(50, 3)).astype(np.uint8)
+    folder = write_colmap_model(tmp_path / "model", names, sizes, K, c2w, xyz, rgb, text=text)
+    assert sorted(p.name for p in folder.iterdir() if p.stem in ("cameras", "images", "points3D")) == \
+        sorted(f"{stem}.{'txt' if text else 'bin'}" for stem in ("cameras", "images", "points3D"))
+    model = pycolmap.Reconstruction(folder)
+    assert model.num_cameras() == 3
+    for i, name in enumerate(names):
+        image = model.find_image_with_name(name)
+        camera = model.cameras[image.camera_id]
+        assert camera.model.name == "PINHOLE" and (camera.width, camera.height) == sizes[i]
+        want = K[i].copy()
+        want[:2, 2] += 0.5
+        np.testing.assert_allclose(camera.calibration_matrix(), want, rtol=0, atol=1e-9)
+        w2c = np.linalg.inv(c2w[i])
+        np.testing.assert_allclose(image.cam_from_world().matrix(), w2c[:3], rtol=0, atol=1e-9)
+    points = sorted(model.points3D.values(), key=lambda p: tuple(p.xyz))
+    order = np.lexsort(xyz.T[::-1])
+    np.testing.assert_allclose([p.xyz for p in points], xyz[order], rtol=0, atol=1e-9)
+    np.testing.assert_array_equal([p.color for p in points], rgb[order])
+
+
+def test_write_colmap_model_refuses_what_colmap_cannot_hold(tmp_path):
+    sizes, K, c2w = random_cameras(np.random.default_rng(0), 2)
+    with pytest.raises(ValueError, match="white space"):
+        write_colmap_model(tmp_path / "m", ["a b.png", "c.png"], sizes, K, c2w, text=True)
+    skewed = K.copy()
+    skewed[1, 0, 1] = 0.5
+    with pytest.raises(ValueError, match="skew"):
+        write_colmap_model(tmp_path / "m", ["a.png", "c.png"], sizes, skewed, c2w)
+    scaled = c2w.copy()
+    scaled[0, :3, :3] *= 2
+    with pytest.raises(ValueError, match="not a rotation"):
+        write_colmap_model(tmp_path / "m", ["a.png", "c.png"], sizes, K, scaled)
+    with pytest.raises(ValueError, match="unique"):
+        write_colmap_model(tmp_path / "m", ["a.png", "a.png"], sizes, K, c2w)
+    assert not (tmp_path / "m").exists()

@@ -22,12 +22,13 @@ from __future__ import annotations
 import functools
 import logging
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
+import pycolmap
 from PIL import Image
 from scipy.spatial.transform import Rotation
 
@@ -108,14 +109,6 @@ def camera_intrinsics(camera: ColmapCamera) -> tuple[np.ndarray, dict | None]:
     return K, ({"model": camera.model, "params": extra} if extra else None)
 
 
-def pinhole_camera(camera_id: int, K: np.ndarray, width: int, height: int) -> ColmapCamera:
-    """A PINHOLE camera for our K (rejects skew, which PINHOLE cannot hold)."""
-    if abs(K[0, 1]) > 1e-12:
-        raise ValueError(f"camera {camera_id}: K has skew {K[0, 1]}; COLMAP's PINHOLE model has none")
-    params = (K[0, 0], K[1, 1], K[0, 2] + PIXEL_CENTRE_SHIFT, K[1, 2] + PIXEL_CENTRE_SHIFT)
-    return ColmapCamera(camera_id, "PINHOLE", width, height, tuple(float(p) for p in params))
-
-
 def image_pose(image: ColmapImage) -> np.ndarray:
     """Camera-to-world ``[4, 4]`` float64 from COLMAP's world-to-camera quaternion and translation."""
     qw, qx, qy, qz = image.qvec
@@ -126,17 +119,6 @@ def image_pose(image: ColmapImage) -> np.ndarray:
     pose[:3, :3] = rotation.T
     pose[:3, 3] = -rotation.T @ np.asarray(image.tvec, dtype=np.float64)
     return pose
-
-
-def colmap_image(image_id: int, pose: np.ndarray, camera_id: int, name: str) -> ColmapImage:
-    """COLMAP image record (qw ≥ 0) for a camera-to-world ``pose`` ``[4, 4]``."""
-    w2c_rotation = np.asarray(pose, dtype=np.float64)[:3, :3].T
-    qx, qy, qz, qw = Rotation.from_matrix(w2c_rotation).as_quat()
-    if qw < 0:
-        qw, qx, qy, qz = -qw, -qx, -qy, -qz
-    tvec = -w2c_rotation @ np.asarray(pose, dtype=np.float64)[:3, 3]
-    return ColmapImage(image_id, (float(qw), float(qx), float(qy), float(qz)), tuple(float(t) for t in tvec),
-                       camera_id, name)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -217,40 +199,6 @@ def read_points3d_text(path: Path) -> tuple[np.ndarray, np.ndarray]:
         xyz.append([_parse(path, number, "coordinate", float, v) for v in fields[1:4]])
         rgb.append([_parse(path, number, "colour", int, v) for v in fields[4:7]])
     return np.asarray(xyz, dtype=np.float64).reshape(-1, 3), np.asarray(rgb, dtype=np.uint8).reshape(-1, 3)
-
-
-def _number(value: float) -> str:
-    return repr(float(value))
-
-
-def write_cameras_text(cameras: Iterable[ColmapCamera], path: Path) -> None:
-    cameras = list(cameras)
-    lines = ["# Camera list with one line of data per camera:",
-             "#   CAMERA_ID, MODEL, WIDTH, HEIGHT, PARAMS[]",
-             f"# Number of cameras: {len(cameras)}"]
-    lines += [" ".join([str(c.id), c.model, str(c.width), str(c.height), *map(_number, c.params)]) for c in cameras]
-    path.write_text("\n".join(lines) + "\n")
-
-
-def write_images_text(images: Iterable[ColmapImage], path: Path) -> None:
-    """images.txt with an empty 2D-points line after every image."""
-    images = list(images)
-    lines = ["# Image list with two lines of data per image:",
-             "#   IMAGE_ID, QW, QX, QY, QZ, TX, TY, TZ, CAMERA_ID, NAME",
-             "#   POINTS2D[] as (X, Y, POINT3D_ID)",
-             f"# Number of images: {len(images)}, mean observations per image: 0"]
-    for image in images:
-        lines.append(" ".join([str(image.id), *map(_number, image.qvec), *map(_number, image.tvec),
-                               str(image.camera_id), image.name]))
-        lines.append("")
-    path.write_text("\n".join(lines) + "\n")
-
-
-def write_points3d_text(path: Path) -> None:
-    """An empty points3D.txt (header only)."""
-    path.write_text("# 3D point list with one line of data per point:\n"
-                    "#   POINT3D_ID, X, Y, Z, R, G, B, ERROR, TRACK[] as (IMAGE_ID, POINT2D_IDX)\n"
-                    "# Number of points: 0, mean track length: 0\n")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -379,6 +327,105 @@ def _depth_path(scene_dir: Path, image_name: str) -> Path | None:
 
 
 # ---------------------------------------------------------------------------------------------
+# Writing (pycolmap)
+
+
+def colmap_from_K(K: np.ndarray) -> tuple[float, float, float, float]:
+    """COLMAP PINHOLE params ``(fx, fy, cx, cy)`` of our ``[3, 3]`` K: the one place the pixel-centre shift is added."""
+    K = np.asarray(K, dtype=np.float64)
+    return float(K[0, 0]), float(K[1, 1]), float(K[0, 2] + PIXEL_CENTRE_SHIFT), float(K[1, 2] + PIXEL_CENTRE_SHIFT)
+
+
+def cam_from_world(c2w: np.ndarray) -> pycolmap.Rigid3d:
+    """COLMAP's world-to-camera transform of our camera-to-world ``[4, 4]`` pose."""
+    c2w = np.asarray(c2w, dtype=np.float64)
+    return pycolmap.Rigid3d(c2w[:3, :4]).inverse()
+
+
+def _check_model_inputs(names: Sequence[str], sizes: Sequence[tuple[int, int]], K: np.ndarray, c2w: np.ndarray,
+                        text: bool) -> None:
+    """Raise ValueError for inputs a COLMAP model cannot hold exactly."""
+    if not (len(names) == len(sizes) == len(K) == len(c2w)) or K.shape[1:] != (3, 3) or c2w.shape[1:] != (4, 4):
+        raise ValueError(f"write_colmap_model: {len(names)} names, {len(sizes)} sizes, K {K.shape}, c2w {c2w.shape}: "
+                         "expected N of each, K [N, 3, 3] and c2w [N, 4, 4]")
+    if len(set(names)) != len(names) or not all(names):
+        raise ValueError("write_colmap_model: image names must be unique and not empty")
+    for name, k, pose in zip(names, K, c2w, strict=True):
+        if text and any(char.isspace() for char in name):
+            raise ValueError(f"image {name!r}: COLMAP's text format cannot hold a name with white space "
+                             "(write binary instead)")
+        if not (np.isfinite(k).all() and np.isfinite(pose).all()):
+            raise ValueError(f"image {name!r}: K or pose is not finite")
+        if abs(k[0, 1]) > 1e-12 or not np.allclose(k[2], [0, 0, 1]):
+            raise ValueError(f"image {name!r}: K {k.tolist()} is not a pinhole K without skew (COLMAP PINHOLE)")
+        rotation = pose[:3, :3]
+        if not np.allclose(rotation @ rotation.T, np.eye(3), atol=1e-6) or np.linalg.det(rotation) <= 0:
+            raise ValueError(f"image {name!r}: the pose's rotation is not a rotation matrix")
+
+
+def write_colmap_model(
+    folder: Path,
+    names: Sequence[str],
+    sizes: Sequence[tuple[int, int]],
+    K: np.ndarray,
+    c2w: np.ndarray,
+    points: np.ndarray | None = None,
+    colors: np.ndarray | None = None,
+    text: bool = False,
+) -> Path:
+    """Write a COLMAP sparse model with pycolmap: PINHOLE cameras, one posed image per view, points3D.
+
+    Views with the same size and K share a camera. Points have no tracks (error -1); without
+    ``colors`` they are grey (128). Besides ``cameras``, ``images`` and ``points3D``, pycolmap writes
+    ``rigs`` and ``frames`` (trivial: one camera per rig, one image per frame), which COLMAP ≥ 3.12 reads.
+
+    Args:
+        folder: the model folder (created if missing); files ``*.bin``, or ``*.txt`` when ``text``.
+        names: ``N`` image names relative to the images folder (UTF-8; no white space when ``text``).
+        sizes: ``N`` image sizes ``(width, height)``.
+        K: ``[N, 3, 3]`` intrinsics, ours (centre of the first pixel at (0, 0)).
+        c2w: ``[N, 4, 4]`` camera-to-world poses, OpenCV axes.
+        points: ``[M, 3]`` world points, or None for an empty points3D.
+        colors: ``[M, 3]`` uint8 RGB of ``points``.
+        text: write the text format instead of binary.
+
+    Returns:
+        ``folder``.
+
+    Raises:
+        ValueError: inputs a COLMAP PINHOLE model cannot hold (skew, non-finite or non-rigid poses,
+            mismatched lengths, duplicate names, white space in a text model's names).
+    """
+    folder = Path(folder)
+    K, c2w = np.asarray(K, dtype=np.float64), np.asarray(c2w, dtype=np.float64)
+    _check_model_inputs(names, sizes, K, c2w, text)
+    model = pycolmap.Reconstruction()
+    camera_ids: dict[tuple, int] = {}
+    for image_id, (name, (width, height), k, pose) in enumerate(zip(names, sizes, K, c2w, strict=True), start=1):
+        params = colmap_from_K(k)
+        key = (int(width), int(height), params)
+        if key not in camera_ids:
+            camera_ids[key] = len(camera_ids) + 1
+            model.add_camera_with_trivial_rig(pycolmap.Camera(
+                model="PINHOLE", width=int(width), height=int(height), params=list(params),
+                camera_id=camera_ids[key]))
+        image = pycolmap.Image(name=str(name), camera_id=camera_ids[key], image_id=image_id)
+        model.add_image_with_trivial_frame(image, cam_from_world(pose))
+    if points is not None:
+        xyz = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+        rgb = (np.full(xyz.shape, 128, dtype=np.uint8) if colors is None
+               else np.asarray(colors, dtype=np.uint8).reshape(-1, 3))
+        if len(rgb) != len(xyz):
+            raise ValueError(f"write_colmap_model: {len(xyz)} points but {len(rgb)} colours")
+        track = pycolmap.Track()
+        for point, color in zip(xyz, rgb, strict=True):
+            model.add_point3D(point, track, color)
+    folder.mkdir(parents=True, exist_ok=True)
+    (model.write_text if text else model.write_binary)(folder)
+    return folder
+
+
+# ---------------------------------------------------------------------------------------------
 # Scenes
 
 
@@ -504,35 +551,28 @@ def find_colmap_scenes(root: Path, rejects: Rejects | None = None, max_depth: in
 
 
 def write_colmap_scene(scene: Scene, out_dir: Path) -> Path:
-    """Write ``scene`` in the COLMAP text layout (PINHOLE cameras, PNG images, ``depths/*.npy``).
+    """Write ``scene`` as a COLMAP scene folder: PNG images, ``depths/*.npy``, a text model in ``sparse/0``.
 
-    Views sharing K and size share a camera. Every view needs K and a pose.
+    Every view needs K and a pose (see :func:`write_colmap_model`).
 
     Returns:
         ``out_dir``.
     """
     out_dir = Path(out_dir)
-    sparse = out_dir / "sparse" / "0"
-    for folder in (out_dir / "images", out_dir / "depths", sparse):
-        folder.mkdir(parents=True, exist_ok=True)
-    cameras: dict[tuple, ColmapCamera] = {}
-    images = []
-    for image_id, view in enumerate(scene.views, start=1):
+    names, sizes, Ks, poses = [], [], [], []
+    for view in scene.views:
         if view.K is None or view.pose is None:
             raise ValueError(f"scene {scene.id}, view {view.name!r}: a COLMAP model needs K and a pose")
         view = view.load()
-        width, height = view.size
-        key = (width, height, np.asarray(view.K, dtype=np.float64).tobytes())
-        if key not in cameras:
-            cameras[key] = pinhole_camera(len(cameras) + 1, view.K, width, height)
         name = f"{view.name}.png"
         (out_dir / "images" / name).parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(view.image).save(out_dir / "images" / name)
         if view.depth is not None:
             (out_dir / "depths" / name).parent.mkdir(parents=True, exist_ok=True)
             np.save(out_dir / "depths" / f"{view.name}.npy", np.asarray(view.depth, dtype=np.float32))
-        images.append(colmap_image(image_id, view.pose, cameras[key].id, name))
-    write_cameras_text(cameras.values(), sparse / "cameras.txt")
-    write_images_text(images, sparse / "images.txt")
-    write_points3d_text(sparse / "points3D.txt")
-    return out_dir
+        names.append(name)
+        sizes.append(view.size)
+        Ks.append(view.K)
+        poses.append(view.pose)
+    return write_colmap_model(out_dir / "sparse" / "0", names, sizes, np.asarray(Ks).reshape(-1, 3, 3),
+                              np.asarray(poses).reshape(-1, 4, 4), text=True).parent.parent
