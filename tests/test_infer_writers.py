@@ -10,16 +10,19 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from d3r.geometry import depth_to_points, transform_points
+from d3r.infer import writers
 from d3r.infer.depth_maps import view_file_stems
 from d3r.infer.reconstruction import Reconstruction, ViewReconstruction
 from d3r.infer.writers import (
     OPENCV_TO_GLTF,
     read_depth_map,
     write_cameras_json,
+    write_colmap,
     write_depth_maps,
     write_glb,
     write_ply,
 )
+from d3r.scenes.colmap import read_colmap_scene
 
 PLANE_Z = 3.0  # the scene: the plane z = 3 in view 0's camera frame
 
@@ -43,8 +46,7 @@ def _view(index: int, width: int, height: int, c2w: np.ndarray, rng: np.random.G
                               points=points, conf=conf, depth=depth, K=K, c2w=c2w, keep=conf >= 5.0)
 
 
-@pytest.fixture
-def rec() -> Reconstruction:
+def plane_reconstruction() -> Reconstruction:
     """Three views of a plane: two landscape 8x6, one portrait 6x8, the last two moved and turned."""
     rng = np.random.default_rng(0)
     poses = [np.eye(4)]
@@ -55,6 +57,11 @@ def rec() -> Reconstruction:
         poses.append(pose)
     views = [_view(0, 8, 6, poses[0], rng), _view(1, 8, 6, poses[1], rng), _view(2, 6, 8, poses[2], rng)]
     return Reconstruction(views=views, model="test_plane", confidence_rule="conf >= 5 (absolute)")
+
+
+@pytest.fixture
+def rec() -> Reconstruction:
+    return plane_reconstruction()
 
 
 def test_ply_holds_the_kept_points_with_colours_confidence_and_view(tmp_path, rec):
@@ -153,3 +160,52 @@ def test_view_file_stems_are_unique_and_flat():
     assert view_file_stems(["a.jpg", "a.png", "b.jpg"]) == ["a.jpg", "a.png", "b"]
     with pytest.raises(ValueError, match="not unique"):
         view_file_stems(["a.jpg", "a.jpg"])
+
+
+def _assert_kept_points(points: list, xyz: np.ndarray, rgb: np.ndarray) -> None:
+    """Every pycolmap ``Point3D`` is one of the kept points (within 1e-5) with that point's colour."""
+    from scipy.spatial import cKDTree
+
+    distance, index = cKDTree(xyz).query(np.array([p.xyz for p in points]))
+    assert distance.max() < 1e-5
+    np.testing.assert_array_equal(np.array([p.color for p in points]), rgb[index])
+    assert len(set(index.tolist())) == len(points)  # no point written twice
+
+
+def test_colmap_scene_reads_back_in_pycolmap_with_poses_intrinsics_and_coloured_points(tmp_path, rec):
+    import pycolmap
+    from PIL import Image
+
+    write_colmap(tmp_path / "scene", rec)
+    model = pycolmap.Reconstruction(str(tmp_path / "scene" / "sparse" / "0"))
+    assert model.num_images() == 3
+    for name, view in zip(["IMG_0.jpg", "IMG_1.jpg", "frame_000002.png"], rec.views, strict=True):
+        image = model.find_image_with_name(name)
+        camera = model.cameras[image.camera_id]
+        assert camera.model_name == "PINHOLE" and (camera.width, camera.height) == view.size
+        colmap_K = view.K + np.array([[0, 0, 0.5], [0, 0, 0.5], [0, 0, 0]])  # COLMAP: first pixel centre at 0.5
+        np.testing.assert_allclose(camera.calibration_matrix(), colmap_K, atol=1e-6)
+        np.testing.assert_allclose(image.cam_from_world().matrix(), np.linalg.inv(view.c2w)[:3], atol=1e-6)
+        with Image.open(tmp_path / "scene" / "images" / name) as written:
+            assert written.size == view.size  # the pixels the intrinsics describe, portrait stays portrait
+            if name.endswith(".png"):
+                np.testing.assert_array_equal(np.asarray(written), view.image)
+    scene = read_colmap_scene(tmp_path / "scene")  # and d3r's own reader gives back our convention
+    assert [v.name for v in scene.views] == ["frame_000002", "IMG_0", "IMG_1"] and not scene.rejects
+    for read, view in zip(scene.views, [rec.views[2], *rec.views[:2]], strict=True):
+        np.testing.assert_allclose(read.K, view.K, atol=1e-6)
+        np.testing.assert_allclose(read.pose, view.c2w, atol=1e-6)
+    xyz, rgb, _, _ = rec.kept_points()
+    points = list(model.points3D.values())
+    assert len(points) == len(xyz)
+    _assert_kept_points(points, xyz, rgb)
+
+
+def test_colmap_points_are_capped_to_a_subset_of_the_kept_points(tmp_path, rec, monkeypatch):
+    import pycolmap
+
+    monkeypatch.setattr(writers, "COLMAP_MAX_POINTS", 25)
+    write_colmap(tmp_path / "scene", rec)
+    points = list(pycolmap.Reconstruction(str(tmp_path / "scene" / "sparse" / "0")).points3D.values())
+    assert len(points) == 25
+    _assert_kept_points(points, *rec.kept_points()[:2])

@@ -25,16 +25,19 @@ import logging
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from d3r.geometry import pixels_to_points, transform_points
 from d3r.infer.depth_maps import read_depth_map, write_depth_maps
 from d3r.infer.reconstruction import Reconstruction, ViewReconstruction
-from d3r.scenes.colmap import PIXEL_CENTRE_SHIFT
+from d3r.scenes.colmap import colmap_from_K, write_colmap_model
+from d3r.scenes.images import IMAGE_SUFFIXES
 
 __all__ = ["read_depth_map", "write_cameras_json", "write_colmap", "write_depth_maps", "write_glb", "write_ply"]
 
 logger = logging.getLogger(__name__)
 
+COLMAP_MAX_POINTS = 200_000  # points3D cap: enough to seed Gaussian splatting, small enough to load fast
 FRUSTUM_SCALE = 0.05  # frustum depth as a fraction of the scene's extent (robust bounding-box diagonal)
 OPENCV_TO_GLTF = np.diag([1.0, -1.0, -1.0])  # (x, y, z) OpenCV → (x, -y, -z) glTF: y up, cameras look down -z
 
@@ -151,10 +154,11 @@ def write_cameras_json(path: Path, rec: Reconstruction) -> None:
         width, height = view.size
         K = np.asarray(view.K, dtype=np.float64)
         fx, fy, cx, cy = float(K[0, 0]), float(K[1, 1]), float(K[0, 2]), float(K[1, 2])
+        colmap = dict(zip(("fx", "fy", "cx", "cy"), colmap_from_K(K), strict=True))
         views.append({
             "name": view.name, "index": i, "width": width, "height": height,
             "K": K.tolist(), "fx": fx, "fy": fy, "cx": cx, "cy": cy,
-            "colmap": {"fx": fx, "fy": fy, "cx": cx + PIXEL_CENTRE_SHIFT, "cy": cy + PIXEL_CENTRE_SHIFT},
+            "colmap": colmap,
             "c2w": np.asarray(view.c2w, dtype=np.float64).tolist(), "w2c": _w2c(view.c2w).tolist(),
             "points": count,
         })
@@ -175,5 +179,52 @@ def write_cameras_json(path: Path, rec: Reconstruction) -> None:
     logger.info("wrote %d cameras to %s", len(views), path)
 
 
+def colmap_image_names(rec: Reconstruction) -> list[str]:
+    """The file name of each view's image in a COLMAP scene: the view's name when it is an image file name
+    (``IMG_1.jpg``), else the name with ``.png`` added (video frames: ``frame_000002`` → ``frame_000002.png``)."""
+    names = []
+    for view in rec.views:
+        name = Path(view.name)
+        if name.is_absolute() or ".." in name.parts or not name.name:
+            raise ValueError(f"view name {view.name!r} is not a relative file name")
+        names.append(view.name if name.suffix.lower() in IMAGE_SUFFIXES else f"{view.name}.png")
+    if len(set(names)) != len(names):
+        raise ValueError("view names are not unique")
+    return names
+
+
+def _subsample(count: int, cap: int) -> np.ndarray:
+    """``[min(count, cap)]`` sorted indices: all of ``range(count)``, or ``cap`` of them drawn uniformly (seed 0)."""
+    if count <= cap:
+        return np.arange(count)
+    return np.sort(np.random.default_rng(0).choice(count, size=cap, replace=False))
+
+
 def write_colmap(folder: Path, rec: Reconstruction) -> None:
-    raise NotImplementedError
+    """Write a COLMAP scene into ``folder``, the layout Gaussian-splatting trainers (3DGS ``-s folder``,
+    gsplat ``--data_dir folder``), COLMAP's own tools and :func:`d3r.scenes.colmap.read_colmap_scene` read::
+
+        folder/images/NAME              each view's image as the model saw it (output size, the photo's
+                                        orientation), so the intrinsics hold for its pixels
+        folder/sparse/0/cameras.bin     PINHOLE cameras (views of one size and K share one; sizes may differ)
+        folder/sparse/0/images.bin      one image per view: world-to-camera pose, camera id, NAME
+        folder/sparse/0/points3D.bin    the kept points with their colours, at most COLMAP_MAX_POINTS of them
+                                        (a uniform random subset, seed 0, when there are more), no tracks
+        folder/sparse/0/{rigs,frames}.bin   pycolmap's trivial rigs and frames (COLMAP >= 3.12; others ignore them)
+
+    ``NAME`` is :func:`colmap_image_names`; JPEG images are re-encoded at quality 95, others are lossless.
+    The model is written by pycolmap through :func:`d3r.scenes.colmap.write_colmap_model`, which shifts the
+    principal point by +0.5 px to COLMAP's pixel convention.
+    """
+    folder = Path(folder)
+    names = colmap_image_names(rec)
+    for name, view in zip(names, rec.views, strict=True):
+        path = folder / "images" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(view.image).save(path, **({"quality": 95} if path.suffix.lower() in (".jpg", ".jpeg") else {}))
+    xyz, rgb, _, _ = rec.kept_points()
+    chosen = _subsample(len(xyz), COLMAP_MAX_POINTS)
+    write_colmap_model(folder / "sparse" / "0", names, [view.size for view in rec.views],
+                       np.stack([view.K for view in rec.views]), np.stack([view.c2w for view in rec.views]),
+                       xyz[chosen], rgb[chosen])
+    logger.info("wrote a COLMAP model of %d views and %d points to %s", len(names), len(chosen), folder)
