@@ -10,6 +10,13 @@ A teacher maps a batch of samples to four maps, all float32 torch tensors on the
 Inputs are ``images`` uint8 ``[B, N, 3, H, W]`` (RGB, 0..255; each teacher normalises them its own
 way) and, for teachers that need ground truth (``needs_ground_truth``), ``depth [B, N, H, W]``
 (metres, 0 = none), ``K [B, N, 3, 3]`` and ``poses [B, N, 4, 4]`` (camera-to-world).
+
+A teacher's *fingerprint* is what makes its outputs what they are (name, resolved model config, weights
+sha256, dtype, device kind, view-id mode, ...). :func:`teacher_fingerprint` computes it from the config
+alone, without loading weights or touching a GPU, so a job's driver can key its cache before any worker
+builds the teacher; a built teacher's ``.fingerprint`` calls the same function, so the two cannot drift.
+The *device kind* is ``cpu`` or ``cuda`` (:func:`resolve_device`): not the GPU model, so one job's actors on
+different GPU models share one fingerprint (their outputs differ at rounding level, as two CPUs' do).
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -25,6 +32,9 @@ import torch
 from d3r.config import TeacherConfig
 
 OUTPUT_KEYS = ("pts3d_global", "conf_global", "pts3d_local", "conf_local")
+
+DeviceKind = Literal["cpu", "cuda"]
+DEVICE_KINDS: tuple[DeviceKind, ...] = ("cpu", "cuda")
 
 
 @runtime_checkable
@@ -64,26 +74,62 @@ def fingerprint_id(fingerprint: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def resolve_device(device: str, cuda_available: bool) -> DeviceKind:
+    """Where a teacher with ``teacher.device=device`` runs: ``cuda`` for ``cuda``, and for ``auto`` when CUDA is
+    available there (a Ray actor given GPUs; a job's driver passes whether its actors get any), else ``cpu``."""
+    return "cuda" if device == "cuda" or (device == "auto" and cuda_available) else "cpu"
+
+
+def resolve_dtype(dtype: str, kind: DeviceKind) -> str:
+    """The precision a teacher computes in: ``teacher.dtype`` on ``cuda``; on ``cpu`` always ``float32``."""
+    return dtype if kind == "cuda" else "float32"
+
+
 TeacherFactory = Callable[[TeacherConfig], Teacher]
-_REGISTRY: dict[str, TeacherFactory] = {}
+FingerprintFunction = Callable[[TeacherConfig, str | None, DeviceKind], dict[str, Any]]
+"""``(config, checkpoint_sha256, device_kind)`` → the fingerprint a teacher built from ``config`` would have."""
+_REGISTRY: dict[str, Callable[..., Teacher]] = {}
+_FINGERPRINTS: dict[str, FingerprintFunction] = {}
 
 
-def register_teacher(name: str) -> Callable[[TeacherFactory], TeacherFactory]:
-    def decorator(factory: TeacherFactory) -> TeacherFactory:
+def register_teacher(name: str, fingerprint: FingerprintFunction) -> Callable[[Callable[..., Teacher]],
+                                                                              Callable[..., Teacher]]:
+    """Register a factory ``(config, *, checkpoint_sha256=None) -> Teacher`` and its no-weights ``fingerprint``."""
+    def decorator(factory: Callable[..., Teacher]) -> Callable[..., Teacher]:
         _REGISTRY[name] = factory
+        _FINGERPRINTS[name] = fingerprint
         return factory
 
     return decorator
 
 
-def _import_builtin_teachers() -> None:
+def _known_teacher(config: TeacherConfig) -> None:
     # Importing registers them; kept lazy so `d3r.teachers.base` stays light.
     from d3r.teachers import fast3r, oracle  # noqa: F401
 
-
-def build_teacher(config: TeacherConfig) -> Teacher:
-    """Build the teacher named by ``config.name`` (weights are loaded and checked here)."""
-    _import_builtin_teachers()
     if config.name not in _REGISTRY:
         raise ValueError(f"teacher.name={config.name!r} is unknown; known: {sorted(_REGISTRY)}")
-    return _REGISTRY[config.name](config)
+
+
+def build_teacher(config: TeacherConfig, *, checkpoint_sha256: str | None = None) -> Teacher:
+    """Build the teacher named by ``config.name`` (weights are loaded and checked here). ``checkpoint_sha256``:
+    the checkpoint's hash when the caller already has it (:func:`teacher_fingerprint`'s ``weights_sha256``,
+    computed once per job), so that each worker does not read a multi-GB file twice; else hashed here."""
+    _known_teacher(config)
+    return _REGISTRY[config.name](config, checkpoint_sha256=checkpoint_sha256)
+
+
+def teacher_fingerprint(config: TeacherConfig, *, checkpoint_sha256: str | None = None,
+                        device_kind: DeviceKind = "cpu") -> dict[str, Any]:
+    """The ``.fingerprint`` that ``build_teacher(config)`` would have where it runs on ``device_kind``, computed
+    without loading weights or touching a GPU (reads at most a checkpoint's ``config.json``, and streams the
+    checkpoint file once to hash it unless ``checkpoint_sha256`` is given).
+
+    Raises:
+        ConfigError: naming ``teacher.checkpoint`` or ``teacher.preset`` (as ``build_teacher`` would).
+        ValueError: for an unknown teacher name or device kind.
+    """
+    if device_kind not in DEVICE_KINDS:
+        raise ValueError(f"device kind {device_kind!r} is unknown; known: {list(DEVICE_KINDS)}")
+    _known_teacher(config)
+    return _FINGERPRINTS[config.name](config, checkpoint_sha256, device_kind)

@@ -46,7 +46,7 @@ from d3r.nn import (
     patch_positions,
     run_in_view_chunks,
 )
-from d3r.teachers.base import OUTPUT_KEYS, register_teacher
+from d3r.teachers.base import OUTPUT_KEYS, DeviceKind, register_teacher, resolve_device, resolve_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -240,13 +240,18 @@ RANDOM_WEIGHTS = Path("random")
 """``teacher.checkpoint: random``: the preset with seeded random weights, FOR TESTING ONLY."""
 
 
+def random_weights_id(seed: int) -> str:
+    """The ``weights_sha256`` of :func:`random_fast3r`'s weights: no hash, so their caches never pass for real ones."""
+    return f"random-seed-{seed}"
+
+
 def random_fast3r(preset: str, seed: int, view_chunk: int = 25) -> Fast3R:
     """FOR TESTING ONLY: the preset with random weights drawn from ``seed`` (same seed, same weights, in
     any process); ``weights_sha256`` is ``random-seed-<seed>``, so caches of it never pass for real ones."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = build_fast3r(preset, view_chunk=view_chunk)
-    model.weights_sha256 = f"random-seed-{seed}"
+    model.weights_sha256 = random_weights_id(seed)
     return model.eval()
 
 
@@ -436,12 +441,39 @@ def save_fast3r(model: Fast3R, directory: str | Path) -> Path:
     return directory
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for block in iter(lambda: stream.read(1 << 24), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def checkpoint_layout(path: Path, preset: str | None = None) -> tuple[Path, Fast3RConfig]:
+    """The weights file of a checkpoint (``path`` itself, or a directory's ``model.safetensors``) and the
+    architecture it holds: ``preset`` (default ``release``) with a directory's ``config.json`` applied. Reads
+    no weights.
+
+    Raises:
+        CheckpointError: a directory without ``model.safetensors``, or a bad ``config.json``.
+    """
+    config = fast3r_config(preset or "release")
+    if not path.is_dir():
+        return path, config
+    weights = path / WEIGHTS_FILE
+    if not weights.is_file():
+        raise CheckpointError(f"{path} is a directory without {WEIGHTS_FILE}")
+    config_path = path / CONFIG_FILE
+    if config_path.is_file():
+        config = config_from_json(read_config_json(config_path), config, source=str(config_path))
+    return weights, config
+
+
+def checkpoint_sha256(path: str | Path) -> str:
+    """sha256 of a checkpoint's weights file (a directory's ``model.safetensors``), streamed: what a teacher's
+    fingerprint names as ``weights_sha256``. A job computes it once and hands it to its workers.
+
+    Raises:
+        CheckpointError: naming the file when it cannot be read.
+    """
+    weights, _ = checkpoint_layout(Path(path))
+    try:
+        with weights.open("rb") as stream:
+            return hashlib.file_digest(stream, "sha256").hexdigest()
+    except OSError as error:
+        raise CheckpointError(f"{weights} cannot be read: {error}") from error
 
 
 TRUST_SETTING = "teacher.trust_checkpoint"
@@ -487,25 +519,18 @@ def check_state_dict(state: Mapping[str, torch.Tensor], model: nn.Module, source
         raise CheckpointError(f"{source} does not fit the Fast3R model: " + "; ".join(parts))
 
 
-def load_fast3r(path: str | Path, preset: str | None = None, view_chunk: int = 25, *, trust: bool = False) -> Fast3R:
+def load_fast3r(path: str | Path, preset: str | None = None, view_chunk: int = 25, *, trust: bool = False,
+                weights_sha256: str | None = None) -> Fast3R:
     """Load a Fast3R from ``model.safetensors``, a directory with ``config.json`` + ``model.safetensors``,
     or a Lightning / DUSt3R-style torch checkpoint; strict: any problem raises one CheckpointError.
 
     The architecture is ``preset`` (default ``release``) with ``config.json``'s values applied, so a directory
     written by ``save_fast3r`` loads back without a preset. Torch files load as tensors only; ``trust``
     (``teacher.trust_checkpoint``) allows fully unpickling one, which runs any code it holds.
-    ``model.weights_sha256`` is set to the weights file's sha256.
+    ``model.weights_sha256`` is set to ``weights_sha256`` when the caller has it (:func:`checkpoint_sha256`,
+    computed once per job), else to the weights file's sha256 computed here.
     """
-    path = Path(path)
-    config = fast3r_config(preset or "release")
-    weights = path
-    if path.is_dir():
-        weights = path / WEIGHTS_FILE
-        if not weights.is_file():
-            raise CheckpointError(f"{path} is a directory without {WEIGHTS_FILE}")
-        config_path = path / CONFIG_FILE
-        if config_path.is_file():
-            config = config_from_json(read_config_json(config_path), config, source=str(config_path))
+    weights, config = checkpoint_layout(Path(path), preset)
     state = read_state_dict(weights, trust=trust)
     with torch.device("meta"):
         model = Fast3R(config, view_chunk=view_chunk)
@@ -514,11 +539,67 @@ def load_fast3r(path: str | Path, preset: str | None = None, view_chunk: int = 2
     except CheckpointError as error:
         raise CheckpointError(f"{error}{_preset_hint(state, config)}") from None
     model.load_state_dict(state, strict=True, assign=True)
-    model.weights_sha256 = file_sha256(weights)
+    model.weights_sha256 = weights_sha256 or checkpoint_sha256(weights)
     return model.eval()
 
 
 # ---- the teacher ----
+
+
+def check_image_ids(config: TeacherConfig, model: Fast3RConfig) -> None:
+    """Raises a ConfigError naming ``teacher.image_ids`` when random ids meet a model trained with sequential ones."""
+    if config.image_ids == "random" and not model.random_image_idx_embedding:
+        raise ConfigError("teacher.image_ids='random' but this checkpoint was trained with sequential view ids")
+
+
+def model_fingerprint(config: TeacherConfig, model: Fast3RConfig, weights_sha256: str,
+                      device_kind: DeviceKind) -> dict[str, Any]:
+    """What defines a ``fast3r`` teacher's outputs: preset, resolved architecture, weights sha256, the dtype it
+    computes in on ``device_kind``, the device kind and the view-id mode (and seed)."""
+    fingerprint = {
+        "name": Fast3RTeacher.name,
+        "preset": config.preset,
+        "model": asdict(model),
+        "weights_sha256": weights_sha256,
+        "dtype": resolve_dtype(config.dtype, device_kind),
+        "device": device_kind,
+        "image_ids": config.image_ids,
+    }
+    if config.image_ids == "random":
+        fingerprint["image_ids_seed"] = config.image_ids_seed
+    return fingerprint
+
+
+def check_teacher_config(config: TeacherConfig) -> None:
+    """Raises a ConfigError naming ``teacher.checkpoint`` (missing) or ``teacher.preset`` (unknown)."""
+    if config.checkpoint is None:
+        raise ConfigError("teacher.checkpoint is required for teacher.name='fast3r' "
+                          "(model.safetensors, a config.json + model.safetensors directory, or a Lightning .ckpt)")
+    if config.preset not in PRESETS:
+        raise ConfigError(f"teacher.preset={config.preset!r} is not a Fast3R preset; known: {sorted(PRESETS)}")
+
+
+def fast3r_fingerprint(config: TeacherConfig, known_sha256: str | None,
+                       device_kind: DeviceKind) -> dict[str, Any]:
+    """The fingerprint of the teacher ``build_fast3r_teacher(config)`` would build on ``device_kind``, without
+    loading weights: the architecture from the preset and ``config.json``, the weights' hash given as
+    ``known_sha256`` or streamed from the file here.
+
+    Raises:
+        ConfigError: as :func:`build_fast3r_teacher`, for a missing or unreadable checkpoint, a bad
+            ``config.json``, an unknown preset, or random view ids on a model trained without them.
+    """
+    check_teacher_config(config)
+    if config.checkpoint == RANDOM_WEIGHTS:
+        model, weights_sha256 = fast3r_config(config.preset), random_weights_id(config.seed)
+    else:
+        try:
+            weights, model = checkpoint_layout(config.checkpoint, config.preset)
+            weights_sha256 = known_sha256 or checkpoint_sha256(weights)
+        except CheckpointError as error:
+            raise CheckpointError(f"teacher.checkpoint={str(config.checkpoint)!r}: {error}") from error
+    check_image_ids(config, model)
+    return model_fingerprint(config, model, weights_sha256, device_kind)
 
 
 class Fast3RTeacher:
@@ -530,11 +611,10 @@ class Fast3RTeacher:
     def __init__(self, model: Fast3R, config: TeacherConfig) -> None:
         if config.device == "cuda" and not torch.cuda.is_available():
             raise ConfigError("teacher.device='cuda' but CUDA is not available")
-        if config.image_ids == "random" and not model.config.random_image_idx_embedding:
-            raise ConfigError("teacher.image_ids='random' but this checkpoint was trained with sequential view ids")
-        use_cuda = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
-        self.device = torch.device("cuda" if use_cuda else "cpu")
-        self.dtype = getattr(torch, config.dtype) if use_cuda else torch.float32
+        check_image_ids(config, model.config)
+        kind = resolve_device(config.device, torch.cuda.is_available())
+        self.device = torch.device(kind)
+        self.dtype = getattr(torch, resolve_dtype(config.dtype, kind))
         self.config = config
         self.model = model.to(self.device).eval()
         self.model.view_chunk = config.view_chunk
@@ -546,17 +626,7 @@ class Fast3RTeacher:
 
     @property
     def fingerprint(self) -> dict[str, Any]:
-        fingerprint = {
-            "name": self.name,
-            "preset": self.config.preset,
-            "model": asdict(self.model.config),
-            "weights_sha256": self.model.weights_sha256,
-            "dtype": str(self.dtype).removeprefix("torch."),
-            "image_ids": self.config.image_ids,
-        }
-        if self.config.image_ids == "random":
-            fingerprint["image_ids_seed"] = self.config.image_ids_seed
-        return fingerprint
+        return model_fingerprint(self.config, self.model.config, self.model.weights_sha256, self.device.type)
 
     def _image_ids(self, images: torch.Tensor) -> torch.Tensor | None:
         """Sequential: None. Random: official-style ids seeded by (seed, sample content), so a sample gets
@@ -591,28 +661,25 @@ class Fast3RTeacher:
         return {key: out[key].float().cpu() for key in OUTPUT_KEYS}
 
 
-@register_teacher("fast3r")
-def build_fast3r_teacher(config: TeacherConfig) -> Fast3RTeacher:
+@register_teacher("fast3r", fingerprint=fast3r_fingerprint)
+def build_fast3r_teacher(config: TeacherConfig, *, checkpoint_sha256: str | None = None) -> Fast3RTeacher:
     """Load the checkpoint named by ``teacher.checkpoint`` (checked before any work) and wrap it;
     ``random`` (:data:`RANDOM_WEIGHTS`) builds ``teacher.preset`` with weights seeded by ``teacher.seed``
-    instead, for testing only.
+    instead, for testing only. ``checkpoint_sha256``: the weights' hash when the job already has it (else
+    hashed here).
 
     Raises:
         ConfigError: naming ``teacher.checkpoint`` (a CheckpointError: unreadable, refused by ``weights_only``
             without ``teacher.trust_checkpoint``, or not fitting the model) or ``teacher.preset``.
     """
-    if config.checkpoint is None:
-        raise ConfigError("teacher.checkpoint is required for teacher.name='fast3r' "
-                          "(model.safetensors, a config.json + model.safetensors directory, or a Lightning .ckpt)")
-    if config.preset not in PRESETS:
-        raise ConfigError(f"teacher.preset={config.preset!r} is not a Fast3R preset; known: {sorted(PRESETS)}")
+    check_teacher_config(config)
     if config.checkpoint == RANDOM_WEIGHTS:
         logger.warning("teacher.checkpoint=random: Fast3R preset %r with random weights (seed %d), FOR TESTING ONLY: "
                        "its outputs are no reconstruction", config.preset, config.seed)
         return Fast3RTeacher(random_fast3r(config.preset, config.seed, config.view_chunk), config)
     try:
         model = load_fast3r(config.checkpoint, preset=config.preset, view_chunk=config.view_chunk,
-                            trust=config.trust_checkpoint)
+                            trust=config.trust_checkpoint, weights_sha256=checkpoint_sha256)
     except CheckpointError as error:
         raise CheckpointError(f"teacher.checkpoint={str(config.checkpoint)!r}: {error}") from error
     return Fast3RTeacher(model, config)

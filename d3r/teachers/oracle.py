@@ -37,7 +37,7 @@ from scipy import ndimage
 
 from d3r.config import TeacherConfig
 from d3r.geometry import depth_to_points, pixel_grid, transform_points
-from d3r.teachers.base import OUTPUT_KEYS, register_teacher
+from d3r.teachers.base import OUTPUT_KEYS, DeviceKind, register_teacher
 
 ORACLE_VERSION = 1
 
@@ -235,7 +235,7 @@ class OracleTeacher:
 
     @property
     def fingerprint(self) -> dict[str, Any]:
-        return {"name": self.name, "version": ORACLE_VERSION, "seed": self.seed, **asdict(self.params)}
+        return _fingerprint(self.params, self.seed)
 
     def predict(
         self,
@@ -266,6 +266,16 @@ class OracleTeacher:
         return {key: torch.from_numpy(np.stack([s[key] for s in samples])) for key in OUTPUT_KEYS}
 
 
-@register_teacher("oracle")
-def build_oracle(config: TeacherConfig) -> OracleTeacher:
+def _fingerprint(params: OracleParams, seed: int) -> dict[str, Any]:
+    return {"name": OracleTeacher.name, "version": ORACLE_VERSION, "seed": seed, **asdict(params)}
+
+
+def oracle_fingerprint(config: TeacherConfig, checkpoint_sha256: str | None, device_kind: DeviceKind) -> dict[str, Any]:
+    """The oracle's fingerprint from config: it has no weights, and computes in float64 NumPy on any device."""
+    return _fingerprint(OracleParams.from_config(config), config.seed)
+
+
+@register_teacher("oracle", fingerprint=oracle_fingerprint)
+def build_oracle(config: TeacherConfig, *, checkpoint_sha256: str | None = None) -> OracleTeacher:
+    """The oracle (``checkpoint_sha256`` is ignored: it has no weights)."""
     return OracleTeacher(OracleParams.from_config(config), seed=config.seed)
