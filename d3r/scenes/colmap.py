@@ -1,4 +1,4 @@
-"""COLMAP models in and out: sparse models (text and binary), dense depth maps, our scene records.
+"""COLMAP scenes in and out through pycolmap: sparse models (text and binary), dense depth maps, our scene records.
 
 Layout of a scene folder (what ``d3r synth`` writes and what COLMAP's tools read)::
 
@@ -6,15 +6,23 @@ Layout of a scene folder (what ``d3r synth`` writes and what COLMAP's tools read
     sparse/0/cameras.txt|.bin       intrinsics (we write PINHOLE)
     sparse/0/images.txt|.bin        world-to-camera quaternion (qw qx qy qz) + translation per image
     sparse/0/points3D.txt|.bin      may be empty
+    sparse/0/rigs.*, frames.*       written by COLMAP ≥ 3.12 and pycolmap (optional when reading)
     depths/NAME.npy                 ours: float32 metres, image size, 0 = no value (optional)
     stereo/depth_maps/NAME.EXT.{geometric,photometric}.bin   COLMAP dense depth (optional)
 
 A dense workspace (``sparse/`` holding the model directly) is read the same way.
 
-Conventions at the boundary: COLMAP puts the centre of the first pixel at (0.5, 0.5), we put it at
-(0, 0), so ``cx_ours = cx_colmap - 0.5`` (same for cy). COLMAP stores world-to-camera; we store
-camera-to-world. Both use x right, y down, z forward. Distortion is never silently dropped: it is
-recorded in ``view.meta["distortion"]`` and a warning is logged (the pixels are used as they are).
+pycolmap reads and writes the models and reads dense depth maps. It does not check a binary file's
+length: a truncated or garbage ``.bin`` makes it read past the end (zeros, or an endless loop that
+holds the process). So every binary file is walked for its layout first (:func:`check_binary_model`,
+:func:`dense_depth_size`), and what pycolmap raises on a bad text file becomes a
+:class:`ColmapFormatError`: a bad model is a named error, never a crash.
+
+Conventions at the boundary (:func:`colmap_K` and :func:`cam_from_world` / :func:`c2w_from_colmap`, the
+only conversions): COLMAP puts the centre of the first pixel at (0.5, 0.5), we put it at (0, 0), so
+``cx_ours = cx_colmap - 0.5`` (same for cy). COLMAP stores world-to-camera; we store camera-to-world.
+Both use x right, y down, z forward. Distortion is never silently dropped: it is recorded in
+``view.meta["distortion"]`` and a warning is logged (the pixels are used as they are).
 """
 
 from __future__ import annotations
@@ -22,272 +30,224 @@ from __future__ import annotations
 import functools
 import logging
 import struct
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
-import pycolmap
 from PIL import Image
-from scipy.spatial.transform import Rotation
 
 from d3r.scenes.errors import InputFileError, display_path, os_error_reason
 from d3r.scenes.folders import Rejects, sorted_entries
 from d3r.scenes.images import ImageReadError, natural_key, read_image, read_image_size
 from d3r.scenes.records import Scene, View
 
+if TYPE_CHECKING:  # pycolmap takes a second to import: loaded where it is used
+    import pycolmap
+
 logger = logging.getLogger(__name__)
 
 PIXEL_CENTRE_SHIFT = 0.5  # COLMAP pixel-centre coordinate minus ours
-
-# COLMAP camera models: id → (name, parameter names). Focal and principal point come first.
-CAMERA_MODELS: dict[int, tuple[str, tuple[str, ...]]] = {
-    0: ("SIMPLE_PINHOLE", ("f", "cx", "cy")),
-    1: ("PINHOLE", ("fx", "fy", "cx", "cy")),
-    2: ("SIMPLE_RADIAL", ("f", "cx", "cy", "k")),
-    3: ("RADIAL", ("f", "cx", "cy", "k1", "k2")),
-    4: ("OPENCV", ("fx", "fy", "cx", "cy", "k1", "k2", "p1", "p2")),
-    5: ("OPENCV_FISHEYE", ("fx", "fy", "cx", "cy", "k1", "k2", "k3", "k4")),
-    6: ("FULL_OPENCV", ("fx", "fy", "cx", "cy", "k1", "k2", "p1", "p2", "k3", "k4", "k5", "k6")),
-    7: ("FOV", ("fx", "fy", "cx", "cy", "omega")),
-    8: ("SIMPLE_RADIAL_FISHEYE", ("f", "cx", "cy", "k")),
-    9: ("RADIAL_FISHEYE", ("f", "cx", "cy", "k1", "k2")),
-    10: ("THIN_PRISM_FISHEYE", ("fx", "fy", "cx", "cy", "k1", "k2", "p1", "p2", "k3", "k4", "sx1", "sy1")),
-}
-MODEL_IDS = {name: model_id for model_id, (name, _) in CAMERA_MODELS.items()}
-_INTRINSIC_NAMES = frozenset({"f", "fx", "fy", "cx", "cy"})
 DENSE_DEPTH_KINDS = ("geometric", "photometric")
+_PINHOLE_MODELS = frozenset({"SIMPLE_PINHOLE", "PINHOLE"})
+# What pycolmap raises on a model it cannot read (C++ checks become ValueError, missing ids IndexError).
+_PYCOLMAP_ERRORS = (RuntimeError, ValueError, IndexError, MemoryError)
 
 
 class ColmapFormatError(InputFileError):
-    """A malformed COLMAP file: names the file, the line (text) or byte offset (binary), and the problem."""
+    """A malformed COLMAP file or model: names the file (or model folder), where in it, and the problem."""
 
     def __init__(self, path: str | Path, where: str, reason: str):
         super().__init__(path, f"{where}: {reason}")
 
 
-@dataclass(frozen=True)
-class ColmapCamera:
-    """One row of cameras.txt / cameras.bin (COLMAP's pixel convention: params as stored)."""
-
-    id: int
-    model: str
-    width: int
-    height: int
-    params: tuple[float, ...]
-
-
-@dataclass(frozen=True)
-class ColmapImage:
-    """One image of images.txt / images.bin: world-to-camera rotation (quaternion) and translation."""
-
-    id: int
-    qvec: tuple[float, float, float, float]  # qw, qx, qy, qz
-    tvec: tuple[float, float, float]
-    camera_id: int
-    name: str
-
-
 # ---------------------------------------------------------------------------------------------
-# Conversions
+# Conversions between our conventions and COLMAP's
 
 
-def camera_intrinsics(camera: ColmapCamera) -> tuple[np.ndarray, dict | None]:
-    """Our ``[3, 3]`` K (pixel centres at integers) and the distortion (None for pinhole models)."""
-    if camera.model not in MODEL_IDS:
-        raise ValueError(f"camera {camera.id}: unknown COLMAP model {camera.model!r}")
-    names = CAMERA_MODELS[MODEL_IDS[camera.model]][1]
-    values = dict(zip(names, camera.params, strict=True))
-    fx, fy = values.get("fx", values.get("f")), values.get("fy", values.get("f"))
-    K = np.array([
-        [fx, 0.0, values["cx"] - PIXEL_CENTRE_SHIFT],
-        [0.0, fy, values["cy"] - PIXEL_CENTRE_SHIFT],
-        [0.0, 0.0, 1.0],
-    ])
-    extra = {name: float(value) for name, value in values.items() if name not in _INTRINSIC_NAMES}
-    return K, ({"model": camera.model, "params": extra} if extra else None)
+def colmap_K(K: np.ndarray, inverse: bool = False) -> np.ndarray:
+    """COLMAP's ``[3, 3]`` calibration matrix of our ``K`` (ours of COLMAP's with ``inverse``): cx, cy ± 0.5 px."""
+    shifted = np.array(K, dtype=np.float64)
+    shifted[:2, 2] += -PIXEL_CENTRE_SHIFT if inverse else PIXEL_CENTRE_SHIFT
+    return shifted
 
 
-def image_pose(image: ColmapImage) -> np.ndarray:
-    """Camera-to-world ``[4, 4]`` float64 from COLMAP's world-to-camera quaternion and translation."""
-    qw, qx, qy, qz = image.qvec
-    if qw == qx == qy == qz == 0:
-        raise ValueError(f"image {image.name!r}: quaternion is zero")
-    rotation = Rotation.from_quat([qx, qy, qz, qw]).as_matrix()
+def cam_from_world(c2w: np.ndarray) -> pycolmap.Rigid3d:
+    """COLMAP's world-to-camera transform of our camera-to-world ``[4, 4]`` pose."""
+    import pycolmap
+
+    return pycolmap.Rigid3d(np.asarray(c2w, dtype=np.float64)[:3, :4]).inverse()
+
+
+def c2w_from_colmap(cam_from_world: pycolmap.Rigid3d) -> np.ndarray:
+    """Our camera-to-world ``[4, 4]`` float64 pose of COLMAP's world-to-camera transform."""
     pose = np.eye(4)
-    pose[:3, :3] = rotation.T
-    pose[:3, 3] = -rotation.T @ np.asarray(image.tvec, dtype=np.float64)
+    pose[:3] = cam_from_world.inverse().matrix()
     return pose
 
 
+def camera_intrinsics(camera: pycolmap.Camera) -> tuple[np.ndarray, dict | None]:
+    """Our ``[3, 3]`` K (pixel centres at integers) and the distortion (None for pinhole models).
+
+    The distortion is ``{"model": NAME, "params": {param name: value}}`` with COLMAP's names of the
+    parameters beyond focal length and principal point (empty for the fisheye models that have none).
+    """
+    K = colmap_K(camera.calibration_matrix(), inverse=True)
+    if camera.model.name in _PINHOLE_MODELS:
+        return K, None
+    names = [name.strip() for name in camera.params_info.split(",")]
+    extra = {names[i]: float(camera.params[i]) for i in camera.extra_params_idxs()}
+    return K, {"model": camera.model.name, "params": extra}
+
+
 # ---------------------------------------------------------------------------------------------
-# Text files
+# Binary layout (checked before pycolmap reads a file: it does not check lengths)
 
 
-def _data_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(1-based line number, stripped text) of every line that is not a comment."""
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            text = line.strip()
-            if not text.startswith("#"):
-                yield number, text
+class _Cursor:
+    """Walks a binary model file; names the file and byte offset of whatever does not fit."""
+
+    def __init__(self, path: Path):
+        self.path, self.data, self.offset = path, path.read_bytes(), 0
+
+    def error(self, reason: str) -> ColmapFormatError:
+        return ColmapFormatError(self.path, f"byte {self.offset}", reason)
+
+    def take(self, fmt: str) -> tuple:
+        size = struct.calcsize("<" + fmt)
+        if self.offset + size > len(self.data):
+            raise self.error(f"file ends early (needed {size} bytes, got {len(self.data) - self.offset})")
+        values = struct.unpack_from("<" + fmt, self.data, self.offset)
+        self.offset += size
+        return values
+
+    def skip(self, count: int, size: int, what: str) -> None:
+        if self.offset + count * size > len(self.data):
+            raise self.error(f"file ends inside a list of {count} {what}")
+        self.offset += count * size
+
+    def skip_name(self) -> None:
+        end = self.data.find(b"\x00", self.offset)
+        if end < 0:
+            raise self.error("image name is not null-terminated")
+        self.offset = end + 1
+
+    def finish(self) -> None:
+        if self.offset != len(self.data):
+            raise self.error(f"{len(self.data) - self.offset} bytes after the last record")
 
 
-def _bad_line(path: Path, number: int, reason: str) -> ColmapFormatError:
-    return ColmapFormatError(path, f"line {number}", reason)
+@functools.cache
+def _num_params() -> dict[int, int]:
+    """COLMAP camera model id → number of parameters, as pycolmap defines them."""
+    import pycolmap
+
+    return {int(model): len(pycolmap.Camera.create_from_model_id(0, model, 1.0, 1, 1).params)
+            for model in pycolmap.CameraModelId.__members__.values() if int(model) >= 0}
 
 
-def _parse(path: Path, number: int, what: str, convert, text: str):
+def _walk_cameras(cursor: _Cursor) -> None:
+    (count,) = cursor.take("Q")
+    for _ in range(count):
+        _, model_id, _, _ = cursor.take("IiQQ")
+        if model_id not in _num_params():
+            cursor.offset -= 24
+            raise cursor.error(f"unknown camera model id {model_id}")
+        cursor.take("d" * _num_params()[model_id])
+
+
+def _walk_images(cursor: _Cursor) -> None:
+    (count,) = cursor.take("Q")
+    for _ in range(count):
+        cursor.take("I7dI")  # image id, qw qx qy qz tx ty tz, camera id
+        cursor.skip_name()
+        (num_points,) = cursor.take("Q")
+        cursor.skip(num_points, 24, "2D points")  # x, y, point3D id
+
+
+def _walk_points3d(cursor: _Cursor) -> None:
+    (count,) = cursor.take("Q")
+    for _ in range(count):
+        *_, track_length = cursor.take("Q3d3BdQ")  # id, xyz, rgb, error, track length
+        cursor.skip(track_length, 8, "track elements")  # image id, point2D index
+
+
+def _walk_rigs(cursor: _Cursor) -> None:
+    (count,) = cursor.take("Q")
+    for _ in range(count):
+        _, num_sensors = cursor.take("II")
+        if num_sensors > 0:
+            cursor.take("iI")  # reference sensor type, id
+        for _ in range(max(num_sensors - 1, 0)):
+            *_, has_pose = cursor.take("iIB")
+            if has_pose:
+                cursor.take("7d")
+
+
+def _walk_frames(cursor: _Cursor) -> None:
+    (count,) = cursor.take("Q")
+    for _ in range(count):
+        *_, num_data_ids = cursor.take("II7dI")  # frame id, rig id, rig_from_world, count
+        cursor.skip(num_data_ids, 16, "data ids")  # sensor type, sensor id, data id
+
+
+_BINARY_FILES = {"cameras": _walk_cameras, "images": _walk_images, "points3D": _walk_points3d,
+                 "rigs": _walk_rigs, "frames": _walk_frames}
+
+
+def check_binary_model(folder: Path) -> None:
+    """Check that every binary file of the model in ``folder`` has exactly the length its records need.
+
+    Raises:
+        ColmapFormatError: naming the file and byte offset (a truncated file, a garbage count, an
+            unknown camera model, bytes after the last record).
+        OSError: a file that cannot be read.
+    """
+    for stem, walk in _BINARY_FILES.items():
+        path = Path(folder) / f"{stem}.bin"
+        if stem in ("rigs", "frames") and not path.exists():
+            continue
+        cursor = _Cursor(path)
+        walk(cursor)
+        cursor.finish()
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading a model
+
+
+def read_model(folder: Path) -> tuple[pycolmap.Reconstruction, str]:
+    """The pycolmap model in ``folder`` (text preferred over binary) and which format it read.
+
+    Raises:
+        ColmapFormatError: a malformed model: binary files name the file and byte offset, text models
+            the folder and pycolmap's reason; also image names that are not UTF-8.
+        OSError: a file that cannot be read.
+    """
+    import pycolmap
+
+    folder = Path(folder)
+    file_format = "text" if (folder / "cameras.txt").is_file() else "binary"
+    if file_format == "binary":
+        check_binary_model(folder)
+    model = pycolmap.Reconstruction()
     try:
-        return convert(text)
-    except ValueError:
-        raise _bad_line(path, number, f"{what} {text!r} is not a valid {convert.__name__}") from None
-
-
-def read_cameras_text(path: Path) -> dict[int, ColmapCamera]:
-    """cameras.txt: ``CAMERA_ID MODEL WIDTH HEIGHT PARAMS[]`` per line."""
-    cameras = {}
-    for number, text in _data_lines(path):
-        if not text:
-            continue
-        fields = text.split()
-        if len(fields) < 4:
-            raise _bad_line(path, number, f"expected CAMERA_ID MODEL WIDTH HEIGHT PARAMS[], got {text!r}")
-        model = fields[1]
-        if model not in MODEL_IDS:
-            raise _bad_line(path, number, f"unknown camera model {model!r} (known: {sorted(MODEL_IDS)})")
-        expected = len(CAMERA_MODELS[MODEL_IDS[model]][1])
-        if len(fields) - 4 != expected:
-            raise _bad_line(path, number, f"model {model} needs {expected} parameters, got {len(fields) - 4}")
-        camera_id = _parse(path, number, "camera id", int, fields[0])
-        width, height = (_parse(path, number, "size", int, v) for v in fields[2:4])
-        params = tuple(_parse(path, number, "parameter", float, v) for v in fields[4:])
-        cameras[camera_id] = ColmapCamera(camera_id, model, width, height, params)
-    return cameras
-
-
-def read_images_text(path: Path) -> dict[int, ColmapImage]:
-    """images.txt: per image a line ``IMAGE_ID QW QX QY QZ TX TY TZ CAMERA_ID NAME`` then a 2D-points line."""
-    images = {}
-    lines = iter(_data_lines(path))
-    for number, text in lines:
-        if not text:
-            continue
-        fields = text.split(maxsplit=9)
-        if len(fields) < 10:
-            raise _bad_line(path, number, f"expected IMAGE_ID QW QX QY QZ TX TY TZ CAMERA_ID NAME, got {text!r}")
-        image_id = _parse(path, number, "image id", int, fields[0])
-        values = [_parse(path, number, "pose value", float, v) for v in fields[1:8]]
-        camera_id = _parse(path, number, "camera id", int, fields[8])
-        points = next(lines, (number + 1, ""))
-        if len(points[1].split()) % 3:
-            raise _bad_line(path, points[0], "2D points line must hold triples X Y POINT3D_ID")
-        images[image_id] = ColmapImage(image_id, tuple(values[:4]), tuple(values[4:]), camera_id, fields[9])
-    return images
-
-
-def read_points3d_text(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """points3D.txt → xyz ``[P, 3]`` float64 and rgb ``[P, 3]`` uint8 (tracks are not kept)."""
-    xyz, rgb = [], []
-    for number, text in _data_lines(path):
-        if not text:
-            continue
-        fields = text.split()
-        if len(fields) < 8:
-            raise _bad_line(path, number, f"expected POINT3D_ID X Y Z R G B ERROR TRACK[], got {text!r}")
-        xyz.append([_parse(path, number, "coordinate", float, v) for v in fields[1:4]])
-        rgb.append([_parse(path, number, "colour", int, v) for v in fields[4:7]])
-    return np.asarray(xyz, dtype=np.float64).reshape(-1, 3), np.asarray(rgb, dtype=np.uint8).reshape(-1, 3)
-
-
-# ---------------------------------------------------------------------------------------------
-# Binary files (little-endian, as COLMAP writes them)
-
-
-def _read(handle: BinaryIO, path: Path, fmt: str) -> tuple:
-    size = struct.calcsize("<" + fmt)
-    offset = handle.tell()
-    data = handle.read(size)
-    if len(data) != size:
-        raise ColmapFormatError(path, f"byte {offset}", f"file ends early (needed {size} bytes, got {len(data)})")
-    return struct.unpack("<" + fmt, data)
-
-
-def _read_name(handle: BinaryIO, path: Path) -> str:
-    offset, chars = handle.tell(), bytearray()
-    while (char := handle.read(1)) != b"\x00":
-        if not char:
-            raise ColmapFormatError(path, f"byte {offset}", "image name is not null-terminated")
-        chars += char
-    return chars.decode("utf-8")
-
-
-def read_cameras_binary(path: Path) -> dict[int, ColmapCamera]:
-    cameras = {}
-    with open(path, "rb") as handle:
-        (count,) = _read(handle, path, "Q")
-        for _ in range(count):
-            offset = handle.tell()
-            camera_id, model_id, width, height = _read(handle, path, "iiQQ")
-            if model_id not in CAMERA_MODELS:
-                raise ColmapFormatError(path, f"byte {offset}", f"unknown camera model id {model_id}")
-            model, names = CAMERA_MODELS[model_id]
-            params = _read(handle, path, "d" * len(names))
-            cameras[camera_id] = ColmapCamera(camera_id, model, width, height, tuple(params))
-    return cameras
-
-
-def read_images_binary(path: Path) -> dict[int, ColmapImage]:
-    images = {}
-    with open(path, "rb") as handle:
-        (count,) = _read(handle, path, "Q")
-        for _ in range(count):
-            image_id, qw, qx, qy, qz, tx, ty, tz, camera_id = _read(handle, path, "idddddddi")
-            name = _read_name(handle, path)
-            (num_points,) = _read(handle, path, "Q")
-            handle.seek(24 * num_points, 1)  # (x, y, point3D_id) triples are not kept
-            images[image_id] = ColmapImage(image_id, (qw, qx, qy, qz), (tx, ty, tz), camera_id, name)
-        offset = handle.tell()
-        if handle.seek(0, 2) < offset:
-            raise ColmapFormatError(path, f"byte {offset}", "file ends inside a 2D points list")
-    return images
-
-
-def read_points3d_binary(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """points3D.bin → xyz ``[P, 3]`` float64 and rgb ``[P, 3]`` uint8 (tracks are skipped)."""
-    xyz, rgb = [], []
-    with open(path, "rb") as handle:
-        (count,) = _read(handle, path, "Q")
-        for _ in range(count):
-            _, x, y, z, r, g, b, _, track_length = _read(handle, path, "QdddBBBdQ")
-            handle.seek(8 * track_length, 1)
-            xyz.append((x, y, z))
-            rgb.append((r, g, b))
-    return np.asarray(xyz, dtype=np.float64).reshape(-1, 3), np.asarray(rgb, dtype=np.uint8).reshape(-1, 3)
+        (model.read_text if file_format == "text" else model.read_binary)(folder)
+        if any(not image.name for image in model.images.values()):  # pycolmap decodes a name when read
+            raise ColmapFormatError(folder, f"{file_format} model", "an image has an empty name")
+    except UnicodeDecodeError:
+        raise ColmapFormatError(folder, f"{file_format} model", "an image name is not valid UTF-8") from None
+    except _PYCOLMAP_ERRORS as exc:
+        raise ColmapFormatError(folder, f"{file_format} model", f"pycolmap cannot read it: {exc}") from None
+    return model, file_format
 
 
 # ---------------------------------------------------------------------------------------------
 # Depth maps
 
 
-def read_dense_depth(path: str | Path) -> np.ndarray:
-    """COLMAP dense map → ``[H, W]`` float32 (first channel).
-
-    Layout: text header ``W&H&C&``, then float32 little-endian, one channel after another, each
-    channel row by row (x fastest), i.e. a ``[W, H, C]`` array in Fortran order.
-    """
-    path = Path(path)
-    with open(path, "rb") as handle:
-        width, height, channels = _dense_header(handle, path)
-        data = np.fromfile(handle, dtype="<f4")
-    if data.size != width * height * channels:
-        raise ColmapFormatError(path, "data", f"holds {data.size} values, header says {width}x{height}x{channels}")
-    array = data.reshape((width, height, channels), order="F").transpose(1, 0, 2)
-    return np.ascontiguousarray(array[..., 0]).astype(np.float32)
-
-
-def _dense_header(handle: BinaryIO, path: Path) -> tuple[int, int, int]:
+def _dense_header(handle: BinaryIO, path: Path) -> tuple[int, int, int, int]:
+    """``(W, H, C, header bytes)`` of a COLMAP dense map (header ``W&H&C&``)."""
     header = b""
     while header.count(b"&") < 3:
         char = handle.read(1)
@@ -298,7 +258,31 @@ def _dense_header(handle: BinaryIO, path: Path) -> tuple[int, int, int]:
         width, height, channels = (int(v) for v in header.split(b"&")[:3])
     except ValueError:
         raise ColmapFormatError(path, "header", f"expected 'WIDTH&HEIGHT&CHANNELS&', got {header!r}") from None
-    return width, height, channels
+    if min(width, height, channels) <= 0:
+        raise ColmapFormatError(path, "header", f"size {width}x{height}x{channels} is not positive")
+    return width, height, channels, len(header)
+
+
+def dense_depth_size(path: Path) -> tuple[int, int]:
+    """(W, H) of a COLMAP dense map from its header, checking the file holds exactly W x H x C float32."""
+    with open(path, "rb") as handle:
+        width, height, channels, header = _dense_header(handle, path)
+        size = handle.seek(0, 2)
+    if size != header + 4 * width * height * channels:
+        raise ColmapFormatError(path, "data", f"holds {size - header} bytes, header says {width}x{height}x{channels} "
+                                              f"float32 ({4 * width * height * channels} bytes)")
+    return width, height
+
+
+def read_dense_depth(path: str | Path) -> np.ndarray:
+    """COLMAP dense map → ``[H, W]`` float32 (first channel), read by pycolmap after its size is checked."""
+    import pycolmap
+
+    path = Path(path)
+    dense_depth_size(path)
+    depth_map = pycolmap.DepthMap()
+    depth_map.read(path)
+    return np.asarray(depth_map.to_array(), dtype=np.float32)
 
 
 def depth_map_size(path: Path) -> tuple[int, int]:
@@ -308,9 +292,7 @@ def depth_map_size(path: Path) -> tuple[int, int]:
         if len(shape) != 2:
             raise ColmapFormatError(path, "header", f"depth must be 2D [H, W], got shape {shape}")
         return shape[1], shape[0]
-    with open(path, "rb") as handle:
-        width, height, _ = _dense_header(handle, path)
-    return width, height
+    return dense_depth_size(path)
 
 
 def read_depth(path: str | Path) -> np.ndarray:
@@ -327,19 +309,142 @@ def _depth_path(scene_dir: Path, image_name: str) -> Path | None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Writing (pycolmap)
+# Scenes
 
 
-def colmap_from_K(K: np.ndarray) -> tuple[float, float, float, float]:
-    """COLMAP PINHOLE params ``(fx, fy, cx, cy)`` of our ``[3, 3]`` K: the one place the pixel-centre shift is added."""
-    K = np.asarray(K, dtype=np.float64)
-    return float(K[0, 0]), float(K[1, 1]), float(K[0, 2] + PIXEL_CENTRE_SHIFT), float(K[1, 2] + PIXEL_CENTRE_SHIFT)
+def model_dir(scene_dir: Path) -> Path | None:
+    """Where the sparse model of ``scene_dir`` lives (``sparse/0``, ``sparse`` or the folder itself)."""
+    for folder in (scene_dir / "sparse" / "0", scene_dir / "sparse", scene_dir):
+        if any((folder / f"cameras.{ext}").is_file() for ext in ("txt", "bin")):
+            return folder
+    return None
 
 
-def cam_from_world(c2w: np.ndarray) -> pycolmap.Rigid3d:
-    """COLMAP's world-to-camera transform of our camera-to-world ``[4, 4]`` pose."""
-    c2w = np.asarray(c2w, dtype=np.float64)
-    return pycolmap.Rigid3d(c2w[:3, :4]).inverse()
+def load_colmap_view(view: View, depth_path: str | None = None) -> View:
+    """Loader of a COLMAP view: image ``[H, W, 3]`` uint8 and, when present, depth ``[H, W]`` float32."""
+    image = read_image(view.path)
+    if depth_path is None:
+        return view.with_(image=image)
+    depth = read_depth(depth_path)
+    if depth.shape != image.shape[:2]:
+        raise ValueError(f"{depth_path}: depth is {depth.shape[1]}x{depth.shape[0]}, "
+                         f"image {view.path} is {image.shape[1]}x{image.shape[0]}")
+    return view.with_(image=image, depth=depth)
+
+
+def _image_pose(image: pycolmap.Image) -> np.ndarray | None:
+    """Camera-to-world ``[4, 4]`` of a registered image, None when it has no rigid pose (zero or NaN quaternion)."""
+    if not image.has_pose:
+        return None
+    rotation = image.cam_from_world().rotation.quat
+    if not np.isfinite(rotation).all() or abs(np.linalg.norm(rotation) - 1) > 1e-6:
+        return None
+    pose = c2w_from_colmap(image.cam_from_world())
+    return pose if np.isfinite(pose).all() else None
+
+
+def _colmap_view(scene_dir: Path, image: pycolmap.Image, camera: pycolmap.Camera) -> tuple[View | None, str | None]:
+    """A lazy view for one registered image, or (None, reason) when its files do not fit the model."""
+    if Path(image.name).is_absolute() or ".." in Path(image.name).parts:
+        return None, "image name in the model is not a path inside images/"
+    path = scene_dir / "images" / image.name
+    try:
+        width, height = read_image_size(path)
+    except ImageReadError as exc:
+        return None, f"image listed in the model cannot be read: {exc.reason}"
+    if (width, height) != (camera.width, camera.height):
+        return None, f"image is {width}x{height}, its camera {camera.camera_id} is {camera.width}x{camera.height}"
+    if camera.is_spherical():
+        return None, f"camera {camera.camera_id} is {camera.model.name}, which has no pinhole intrinsics"
+    pose = _image_pose(image)
+    if pose is None:
+        return None, "image has no rigid pose in the model (unregistered, or a zero or non-finite quaternion)"
+    depth_path = _depth_path(scene_dir, image.name)
+    if depth_path is not None:
+        try:
+            depth_size = depth_map_size(depth_path)
+        except (OSError, ValueError) as exc:
+            return None, f"depth map {depth_path} cannot be read: {exc}"
+        if depth_size != (width, height):
+            return None, f"depth map {depth_path} is {depth_size[0]}x{depth_size[1]}, image is {width}x{height}"
+    K, distortion = camera_intrinsics(camera)
+    meta = {"camera_id": camera.camera_id, "camera_model": camera.model.name, "has_depth": depth_path is not None}
+    if distortion is not None:
+        meta["distortion"] = distortion
+    loader = functools.partial(load_colmap_view, depth_path=None if depth_path is None else str(depth_path))
+    name = Path(image.name).with_suffix("").as_posix()
+    return View(name=name, K=K, pose=pose, path=str(path), loader=loader, meta=meta), None
+
+
+def _warn_distortion(scene_id: str, cameras: Iterable[pycolmap.Camera]) -> None:
+    for camera in cameras:
+        _, distortion = camera_intrinsics(camera)
+        if distortion is not None and (camera.is_perspective_fisheye()
+                                       or any(v != 0 for v in distortion["params"].values())):
+            logger.warning("scene %s: camera %d is %s with distortion %s; images are used as they are (not "
+                           "undistorted), so K is approximate", scene_id, camera.camera_id, camera.model.name,
+                           distortion["params"])
+
+
+def read_colmap_scene(scene_dir: Path, scene_id: str | None = None) -> Scene:
+    """A lazy scene (source ``colmap``) from a COLMAP scene folder; views in natural name order.
+
+    Images that are missing, unreadable, of another size than their camera, without a rigid pose,
+    or whose depth map has another size, are left out and listed in ``scene.rejects`` as (file, reason).
+
+    Raises:
+        ValueError: no model in ``scene_dir``; :class:`ColmapFormatError` for a malformed model (see
+            :func:`read_model`; an image whose camera is not in the model is one).
+    """
+    scene_dir = Path(scene_dir)
+    scene_id = scene_id or scene_dir.name
+    folder = model_dir(scene_dir)
+    if folder is None:
+        raise ValueError(f"{scene_dir}: no COLMAP model (cameras.txt or cameras.bin in sparse/0, sparse or here)")
+    model, file_format = read_model(folder)
+    _warn_distortion(scene_id, model.cameras.values())
+    views, rejects = [], []
+    for image in sorted(model.images.values(), key=lambda i: natural_key(i.name)):
+        view, reason = _colmap_view(scene_dir, image, model.cameras[image.camera_id])
+        if view is None:
+            logger.info("scene %s: skipping %s: %s", scene_id, image.name, reason)
+            rejects.append((str(scene_dir / "images" / image.name), reason))
+        else:
+            views.append(view)
+    meta = {"model": str(folder), "format": file_format}
+    return Scene(id=scene_id, source="colmap", views=views, meta=meta, rejects=rejects)
+
+
+def find_colmap_scenes(root: Path, rejects: Rejects | None = None, max_depth: int = 4) -> list[Path]:
+    """Scene folders under ``root``: ``root`` itself when it holds a model, else the folders below that do.
+
+    Entries that cannot be used (see :func:`~d3r.scenes.folders.sorted_entries`) are appended to
+    ``rejects`` when given, else only logged.
+
+    Raises:
+        ValueError: when ``root`` is not a folder.
+    """
+    root = Path(root)
+    rejects = [] if rejects is None else rejects
+    if not root.is_dir():
+        raise ValueError(f"COLMAP root {display_path(root)} is not a folder")
+    try:
+        if model_dir(root) is not None:
+            return [root]
+    except OSError as exc:
+        rejects.append((display_path(root), os_error_reason(exc)))
+        return []
+    if max_depth == 0:
+        return []
+    found: list[Path] = []
+    for entry in sorted_entries(root, rejects):
+        if entry.is_dir() and entry.name not in ("images", "depths", "stereo"):
+            found.extend(find_colmap_scenes(entry, rejects, max_depth - 1))
+    return found
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
 
 
 def _check_model_inputs(names: Sequence[str], sizes: Sequence[tuple[int, int]], K: np.ndarray, c2w: np.ndarray,
@@ -396,13 +501,21 @@ def write_colmap_model(
         ValueError: inputs a COLMAP PINHOLE model cannot hold (skew, non-finite or non-rigid poses,
             mismatched lengths, duplicate names, white space in a text model's names).
     """
+    import pycolmap
+
     folder = Path(folder)
     K, c2w = np.asarray(K, dtype=np.float64), np.asarray(c2w, dtype=np.float64)
     _check_model_inputs(names, sizes, K, c2w, text)
+    xyz = np.zeros((0, 3)) if points is None else np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    rgb = (np.full(xyz.shape, 128, dtype=np.uint8) if colors is None
+           else np.asarray(colors, dtype=np.uint8).reshape(-1, 3))
+    if len(rgb) != len(xyz) or not np.isfinite(xyz).all():
+        raise ValueError(f"write_colmap_model: {len(xyz)} points and {len(rgb)} colours; points must be finite")
     model = pycolmap.Reconstruction()
     camera_ids: dict[tuple, int] = {}
     for image_id, (name, (width, height), k, pose) in enumerate(zip(names, sizes, K, c2w, strict=True), start=1):
-        params = colmap_from_K(k)
+        calibration = colmap_K(k)
+        params = (calibration[0, 0], calibration[1, 1], calibration[0, 2], calibration[1, 2])
         key = (int(width), int(height), params)
         if key not in camera_ids:
             camera_ids[key] = len(camera_ids) + 1
@@ -411,143 +524,12 @@ def write_colmap_model(
                 camera_id=camera_ids[key]))
         image = pycolmap.Image(name=str(name), camera_id=camera_ids[key], image_id=image_id)
         model.add_image_with_trivial_frame(image, cam_from_world(pose))
-    if points is not None:
-        xyz = np.asarray(points, dtype=np.float64).reshape(-1, 3)
-        rgb = (np.full(xyz.shape, 128, dtype=np.uint8) if colors is None
-               else np.asarray(colors, dtype=np.uint8).reshape(-1, 3))
-        if len(rgb) != len(xyz):
-            raise ValueError(f"write_colmap_model: {len(xyz)} points but {len(rgb)} colours")
-        track = pycolmap.Track()
-        for point, color in zip(xyz, rgb, strict=True):
-            model.add_point3D(point, track, color)
+    track = pycolmap.Track()
+    for point, color in zip(xyz, rgb, strict=True):
+        model.add_point3D(point, track, color)
     folder.mkdir(parents=True, exist_ok=True)
     (model.write_text if text else model.write_binary)(folder)
     return folder
-
-
-# ---------------------------------------------------------------------------------------------
-# Scenes
-
-
-def model_dir(scene_dir: Path) -> Path | None:
-    """Where the sparse model of ``scene_dir`` lives (``sparse/0``, ``sparse`` or the folder itself)."""
-    for folder in (scene_dir / "sparse" / "0", scene_dir / "sparse", scene_dir):
-        if any((folder / f"cameras.{ext}").is_file() for ext in ("txt", "bin")):
-            return folder
-    return None
-
-
-def read_model(folder: Path) -> tuple[dict[int, ColmapCamera], dict[int, ColmapImage], str]:
-    """Cameras and images of a sparse model folder, text preferred over binary; also says which it read."""
-    if (folder / "cameras.txt").is_file():
-        return read_cameras_text(folder / "cameras.txt"), read_images_text(folder / "images.txt"), "text"
-    return read_cameras_binary(folder / "cameras.bin"), read_images_binary(folder / "images.bin"), "binary"
-
-
-def load_colmap_view(view: View, depth_path: str | None = None) -> View:
-    """Loader of a COLMAP view: image ``[H, W, 3]`` uint8 and, when present, depth ``[H, W]`` float32."""
-    image = read_image(view.path)
-    if depth_path is None:
-        return view.with_(image=image)
-    depth = read_depth(depth_path)
-    if depth.shape != image.shape[:2]:
-        raise ValueError(f"{depth_path}: depth is {depth.shape[1]}x{depth.shape[0]}, "
-                         f"image {view.path} is {image.shape[1]}x{image.shape[0]}")
-    return view.with_(image=image, depth=depth)
-
-
-def _colmap_view(scene_dir: Path, image: ColmapImage, camera: ColmapCamera) -> tuple[View | None, str | None]:
-    """A lazy view for one registered image, or (None, reason) when its files do not fit the model."""
-    path = scene_dir / "images" / image.name
-    try:
-        width, height = read_image_size(path)
-    except ImageReadError as exc:
-        return None, f"image listed in the model cannot be read: {exc.reason}"
-    if (width, height) != (camera.width, camera.height):
-        return None, f"image is {width}x{height}, its camera {camera.id} is {camera.width}x{camera.height}"
-    depth_path = _depth_path(scene_dir, image.name)
-    if depth_path is not None:
-        try:
-            depth_size = depth_map_size(depth_path)
-        except (OSError, ValueError) as exc:
-            return None, f"depth map {depth_path} cannot be read: {exc}"
-        if depth_size != (width, height):
-            return None, f"depth map {depth_path} is {depth_size[0]}x{depth_size[1]}, image is {width}x{height}"
-    K, distortion = camera_intrinsics(camera)
-    meta = {"camera_id": camera.id, "camera_model": camera.model, "has_depth": depth_path is not None}
-    if distortion is not None:
-        meta["distortion"] = distortion
-    loader = functools.partial(load_colmap_view, depth_path=None if depth_path is None else str(depth_path))
-    name = Path(image.name).with_suffix("").as_posix()
-    return View(name=name, K=K, pose=image_pose(image), path=str(path), loader=loader, meta=meta), None
-
-
-def _warn_distortion(scene_id: str, cameras: Iterable[ColmapCamera]) -> None:
-    for camera in cameras:
-        _, distortion = camera_intrinsics(camera)
-        if distortion is not None and any(v != 0 for v in distortion["params"].values()):
-            logger.warning("scene %s: camera %d is %s with distortion %s; images are used as they are (not "
-                           "undistorted), so K is approximate", scene_id, camera.id, camera.model, distortion["params"])
-
-
-def read_colmap_scene(scene_dir: Path, scene_id: str | None = None) -> Scene:
-    """A lazy scene (source ``colmap``) from a COLMAP scene folder; views in natural name order.
-
-    Images that are missing, unreadable, of another size than their camera, or whose depth map has
-    another size, are left out and listed in ``scene.rejects`` as (file, reason).
-
-    Raises:
-        ValueError: no model in ``scene_dir``, a malformed model file (naming file and line), or an
-            image that refers to a camera the model does not have.
-    """
-    scene_dir = Path(scene_dir)
-    scene_id = scene_id or scene_dir.name
-    folder = model_dir(scene_dir)
-    if folder is None:
-        raise ValueError(f"{scene_dir}: no COLMAP model (cameras.txt or cameras.bin in sparse/0, sparse or here)")
-    cameras, images, file_format = read_model(folder)
-    _warn_distortion(scene_id, cameras.values())
-    views, rejects = [], []
-    for image in sorted(images.values(), key=lambda i: natural_key(i.name)):
-        if image.camera_id not in cameras:
-            raise ValueError(f"{folder}: image {image.name!r} refers to camera {image.camera_id}, "
-                             f"which is not in the model (cameras {sorted(cameras)})")
-        view, reason = _colmap_view(scene_dir, image, cameras[image.camera_id])
-        if view is None:
-            logger.info("scene %s: skipping %s: %s", scene_id, image.name, reason)
-            rejects.append((str(scene_dir / "images" / image.name), reason))
-        else:
-            views.append(view)
-    meta = {"model": str(folder), "format": file_format}
-    return Scene(id=scene_id, source="colmap", views=views, meta=meta, rejects=rejects)
-
-
-def find_colmap_scenes(root: Path, rejects: Rejects | None = None, max_depth: int = 4) -> list[Path]:
-    """Scene folders under ``root``: ``root`` itself when it holds a model, else the folders below that do.
-
-    Entries that cannot be used (see :func:`~d3r.scenes.folders.sorted_entries`) are appended to
-    ``rejects`` when given, else only logged.
-
-    Raises:
-        ValueError: when ``root`` is not a folder.
-    """
-    root = Path(root)
-    rejects = [] if rejects is None else rejects
-    if not root.is_dir():
-        raise ValueError(f"COLMAP root {display_path(root)} is not a folder")
-    try:
-        if model_dir(root) is not None:
-            return [root]
-    except OSError as exc:
-        rejects.append((display_path(root), os_error_reason(exc)))
-        return []
-    if max_depth == 0:
-        return []
-    found: list[Path] = []
-    for entry in sorted_entries(root, rejects):
-        if entry.is_dir() and entry.name not in ("images", "depths", "stereo"):
-            found.extend(find_colmap_scenes(entry, rejects, max_depth - 1))
-    return found
 
 
 def write_colmap_scene(scene: Scene, out_dir: Path) -> Path:
