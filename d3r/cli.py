@@ -142,6 +142,16 @@ def _cmd_reconstruct(args: argparse.Namespace, rest: list[str]) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace, rest: list[str]) -> int:
+    from pathlib import Path
+
+    from d3r.infer.export import export_onnx
+
+    width, height = _parse_size(args.size)
+    print(export_onnx(args.model, _config(args, rest), args.views, height, width, Path(args.out)).format())
+    return 0
+
+
 def _parse_size(text: str) -> tuple[int, int]:
     try:
         width, height = (int(v) for v in text.lower().split("x"))
@@ -237,6 +247,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="where a student checkpoint runs (the teacher: teacher.device)")
     recon.add_argument("--long-side", type=int, metavar="PX", help="model input long side (default scenes.long_side)")
     add_config_arguments(recon, ["scenes", "teacher", "mlflow"]).set_defaults(func=_cmd_reconstruct)
+    export = _command(sub, "export", "export a student to ONNX (fixed views and size, dynamic batch), verified",
+                      "Export a student to ONNX for a fixed number of views and image size with a dynamic batch; "
+                      "check it with onnx.checker and ONNX Runtime against PyTorch, print size and latency "
+                      "(see README, Export to ONNX).")
+    export.add_argument("--model", required=True, metavar="MODEL", help="models:/NAME@ALIAS or a student checkpoint")
+    export.add_argument("--format", required=True, choices=["onnx"], help="export format")
+    export.add_argument("-o", "--out", required=True, metavar="FILE", help="the file to write (must not exist)")
+    export.add_argument("--views", required=True, type=int, metavar="N", help="number of views the graph takes")
+    export.add_argument("--size", required=True, metavar="WxH", help="image size, multiples of the patch (504x378)")
+    add_config_arguments(export, ["mlflow"]).set_defaults(func=_cmd_export)
     return parser
 
 

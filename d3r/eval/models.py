@@ -18,7 +18,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -26,6 +26,9 @@ import torch
 from d3r.config import D3RConfig
 from d3r.scenes.records import View
 from d3r.teachers.base import OUTPUT_KEYS, Teacher, build_teacher, teacher_images
+
+if TYPE_CHECKING:
+    from d3r.student.model import Student
 
 REGISTRY_PREFIX = "models:/"
 TEACHER = "teacher"
@@ -133,8 +136,8 @@ def load_student_checkpoint(path: Path, device: torch.device) -> tuple[Predict, 
     return _module_predict(student, device, str(path)), student.spec.patch_size
 
 
-def load_registered_model(uri: str) -> tuple[Predict, int]:
-    """A model from the MLflow registry of the current tracking URI (``models:/NAME@ALIAS``), and its patch size.
+def load_registered_pyfunc(uri: str) -> Any:
+    """The pyfunc (:class:`d3r.registry.StudentModel`) registered as ``uri`` in the current tracking URI's registry.
 
     Raises:
         ValueError: naming the URI when the registry has no such model.
@@ -143,13 +146,37 @@ def load_registered_model(uri: str) -> tuple[Predict, int]:
     from mlflow.exceptions import MlflowException
 
     try:
-        pyfunc = mlflow.pyfunc.load_model(uri)
+        return mlflow.pyfunc.load_model(uri)
     except (MlflowException, OSError) as exc:
         raise ValueError(
             f"eval.models: cannot load {uri!r} from the registry at {mlflow.get_tracking_uri()} ({exc}); "
             "register a model first, or pass a checkpoint path"
         ) from exc
+
+
+def load_registered_model(uri: str) -> tuple[Predict, int]:
+    """A model from the MLflow registry of the current tracking URI (``models:/NAME@ALIAS``), and its patch size.
+
+    Raises:
+        ValueError: naming the URI when the registry has no such model.
+    """
+    pyfunc = load_registered_pyfunc(uri)
     return _pyfunc_predict(pyfunc, uri), pyfunc.unwrap_python_model().student.spec.patch_size
+
+
+def load_student_module(entry: str) -> Student:
+    """The student module itself (CPU, eval mode) of a checkpoint path or a registered ``models:/NAME@ALIAS``
+    (current tracking URI), for code that needs the ``torch.nn.Module`` (the ONNX export).
+
+    Raises:
+        FileNotFoundError: when a checkpoint path does not exist.
+        ValueError: naming the entry when it is not a student checkpoint or not in the registry.
+    """
+    from d3r.student.checkpoint import load_student
+
+    if entry.startswith(REGISTRY_PREFIX):
+        return load_registered_pyfunc(entry).unwrap_python_model().student.cpu().eval()
+    return load_student(Path(entry)).eval()
 
 
 def load_model(entry: str, config: D3RConfig, device: str | None = None) -> EvaluatedModel:
