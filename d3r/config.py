@@ -53,6 +53,14 @@ class ScenesConfig(Section):
     source: SourceName = Field("synthetic", description="where scenes come from: synthetic rooms, image folders, "
                                "videos, COLMAP models, or a dataset's own layout")
     root: Path | None = Field(None, description="the folder of scenes, videos or a dataset (not synthetic)")
+    dataset_name: str | None = Field(None, description="the name sample ids give the data under root (default: "
+                                     "root's folder name): ids come from it, each scene's path under root and its "
+                                     "views, never root's absolute path, so another working directory or mount "
+                                     "reuses the cache")
+    content_hash_ids: bool = Field(False, description="sample ids sign each view's file by a hash of its bytes "
+                                   "(reads every file when planning) instead of its size and modification time "
+                                   "(a copy that keeps mtimes, `cp -a`, `mv` or another mount, reuses the cache; "
+                                   "`cp` without -p recomputes it)")
     # synthetic rooms
     num_scenes: int = Field(4, ge=1, description="synthetic: rooms to render")
     views_per_scene: int = Field(12, ge=1, description="synthetic: views rendered per room")

@@ -71,8 +71,8 @@ class Scene:
         views: ordered views (temporal order where the source has one).
         meta: free-form facts about the scene (dataset split, category, notes).
         rejects: per-item problems met while listing (``[(item, reason), ...]``); listing goes on.
-        origin: what makes the content what it is beyond ``id`` (a resolved root path, or a
-            generator's parameters); part of every sample id, so two roots never share ids.
+        origin: what makes the content what it is beyond ``id`` and its views (a dataset's name, or a
+            generator's parameters); part of every sample id (see ``d3r.scenes.sources.source_origin``).
     """
 
     id: str

@@ -42,6 +42,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -78,7 +79,7 @@ class Sample:
     """N views of one scene that go through the teacher together.
 
     Attributes:
-        id: content hash of (source, scene, view names, preprocessing), see :func:`sample_id`.
+        id: content hash of (source, scene, view names and files, preprocessing), see :func:`sample_id`.
         source: the scene's source name.
         scene_id: the scene's id.
         view_indices: positions in ``scene.views``.
@@ -107,11 +108,34 @@ def split_for_scene(scene_id: str, val_fraction: float) -> Split:
     return "val" if _unit_hash(f"split:{scene_id}") < val_fraction else "train"
 
 
-def sample_id(source: str, origin: str, scene_id: str, view_names: tuple[str, ...] | list[str], long_side: int,
-              patch_size: int) -> str:
-    """A 20-hex-digit content hash: same source, origin, scene, views and preprocessing → same id."""
-    payload = json.dumps([source, origin, scene_id, list(view_names), int(long_side), int(patch_size)])
+def sample_id(source: str, origin: str, scene_id: str, view_names: Sequence[str], long_side: int,
+              patch_size: int, signatures: Sequence[str | None] = ()) -> str:
+    """A 20-hex-digit content hash: same source, origin (``Scene.origin``: a dataset name, not a path), scene,
+    view names, view files (``signatures``, see :func:`view_signature`) and preprocessing → same id."""
+    payload = json.dumps([source, origin, scene_id, list(view_names), list(signatures), int(long_side),
+                          int(patch_size)])
     return hashlib.sha256(payload.encode()).hexdigest()[:20]
+
+
+def view_signature(view: View, content_hash: bool = False) -> str | None:
+    """What a sample id knows of a view's file: ``size:<bytes>:mtime_ns:<ns>`` (a stat, no read), or with
+    ``content_hash`` (``scenes.content_hash_ids``) ``sha256:<hex>`` of its bytes. None for a view with no file
+    (generated: its source's origin decides it) or one that cannot be read (its load names the problem).
+
+    A file replaced under the same name changes its signature, so its samples get new ids and are computed
+    again. Size and mtime survive ``mv``, ``cp -a``, ``rsync -a`` and another mount; a copy that does not
+    keep mtimes (``cp`` without ``-p``) changes them, so its samples are computed again (content hashes do
+    not: they only see bytes)."""
+    if view.path is None:
+        return None
+    try:
+        if content_hash:
+            with open(view.path, "rb") as stream:
+                return "sha256:" + hashlib.file_digest(stream, "sha256").hexdigest()
+        stat = os.stat(view.path)
+    except OSError:
+        return None
+    return f"size:{stat.st_size}:mtime_ns:{stat.st_mtime_ns}"
 
 
 def _consecutive(num_views: int, n: int, stride: int, cap: int) -> list[list[int]]:
@@ -316,9 +340,13 @@ def sample_scene(scene: Scene, config: ScenesConfig) -> list[Sample]:
     for group in shape_groups(sizes, config):
         index_sets += _group_index_sets(scene, group, sizes, config)
     split = split_for_scene(scene.id, config.val_fraction)
+    signatures: dict[str | None, str | None] = {None: None}  # by file: a video's frames share one
     samples = []
     for indices in _spread(index_sets, config.max_samples_per_scene):
         names = tuple(scene.views[i].name for i in indices)
+        for view in (scene.views[i] for i in indices):
+            if view.path not in signatures:
+                signatures[view.path] = view_signature(view, config.content_hash_ids)
         known = [sizes[i] for i in indices]
         fit = None
         if all(size is not None for size in known):
@@ -327,7 +355,8 @@ def sample_scene(scene: Scene, config: ScenesConfig) -> list[Sample]:
             except ValueError:
                 fit = None  # the load names the view
         samples.append(Sample(
-            id=sample_id(scene.source, scene.origin, scene.id, names, config.long_side, config.patch_size),
+            id=sample_id(scene.source, scene.origin, scene.id, names, config.long_side, config.patch_size,
+                         [signatures[scene.views[i].path] for i in indices]),
             source=scene.source, scene_id=scene.id, view_indices=tuple(indices), view_names=names, split=split,
             fit=fit,
         ))

@@ -142,17 +142,24 @@ def check_input_kind(config: ScenesConfig) -> None:
             "set scenes.source=video (scenes.video_stride or scenes.video_fps choose the frames)")
 
 
+def dataset_name(config: ScenesConfig) -> str:
+    """``scenes.dataset_name``, else the name of the folder ``scenes.root`` resolves to (the same from any
+    working directory)."""
+    return config.dataset_name if config.dataset_name is not None else Path(config.root).resolve().name
+
+
 def source_origin(config: ScenesConfig) -> str:
-    """What, besides scene ids and view names, decides a source's content (see ``Scene.origin``)."""
+    """What, besides scene ids and views, decides a source's content (see ``Scene.origin``): a synthetic
+    source's generator settings; for files, the dataset's name (:func:`dataset_name`) and a video's frame
+    choice, never the root's absolute path, so that the same data under another working directory or
+    mount keeps its sample ids (the views' files are signed in each id, see
+    :func:`~d3r.scenes.sampling.view_signature`)."""
     if config.source == "synthetic":
-        fields = ("seed", "render_size", "camera_path", "views_per_scene")
-    elif config.source == "video":
-        fields = ("root", "video_stride", "video_fps")
+        values = {name: getattr(config, name) for name in ("seed", "render_size", "camera_path", "views_per_scene")}
     else:
-        fields = ("root",)
-    values = {name: getattr(config, name) for name in fields}
-    if "root" in values:
-        values["root"] = str(Path(values["root"]).resolve())
+        values = {"dataset": dataset_name(config)}
+        if config.source == "video":
+            values |= {"video_stride": config.video_stride, "video_fps": config.video_fps}
     return json.dumps(values, sort_keys=True, default=list)
 
 
