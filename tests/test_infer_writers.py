@@ -209,3 +209,22 @@ def test_colmap_points_are_capped_to_a_subset_of_the_kept_points(tmp_path, rec, 
     points = list(pycolmap.Reconstruction(str(tmp_path / "scene" / "sparse" / "0")).points3D.values())
     assert len(points) == 25
     _assert_kept_points(points, *rec.kept_points()[:2])
+
+
+def test_a_rule_that_keeps_no_point_still_writes_every_file(tmp_path, rec):
+    import pycolmap
+    import trimesh
+    from plyfile import PlyData
+
+    for view in rec.views:
+        view.keep[:] = False
+    assert write_ply(tmp_path / "points.ply", rec) == 0
+    assert PlyData.read(str(tmp_path / "points.ply"))["vertex"].count == 0
+    write_glb(tmp_path / "scene.glb", rec)
+    geometry = trimesh.load(tmp_path / "scene.glb", file_type="glb").geometry
+    assert sorted(geometry) == ["frustum_0", "frustum_1", "frustum_2"]
+    write_cameras_json(tmp_path / "cameras.json", rec)
+    assert json.loads((tmp_path / "cameras.json").read_text())["points"]["kept"] == 0
+    write_colmap(tmp_path, rec)
+    model = pycolmap.Reconstruction(str(tmp_path / "sparse" / "0"))
+    assert model.num_images() == 3 and model.num_points3D() == 0

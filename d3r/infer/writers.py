@@ -30,7 +30,7 @@ from PIL import Image
 from d3r.geometry import pixels_to_points, transform_points
 from d3r.infer.depth_maps import read_depth_map, write_depth_maps
 from d3r.infer.reconstruction import Reconstruction, ViewReconstruction
-from d3r.scenes.colmap import colmap_from_K, write_colmap_model
+from d3r.scenes.colmap import colmap_K, write_colmap_model
 from d3r.scenes.images import IMAGE_SUFFIXES
 
 __all__ = ["read_depth_map", "write_cameras_json", "write_colmap", "write_depth_maps", "write_glb", "write_ply"]
@@ -154,7 +154,8 @@ def write_cameras_json(path: Path, rec: Reconstruction) -> None:
         width, height = view.size
         K = np.asarray(view.K, dtype=np.float64)
         fx, fy, cx, cy = float(K[0, 0]), float(K[1, 1]), float(K[0, 2]), float(K[1, 2])
-        colmap = dict(zip(("fx", "fy", "cx", "cy"), colmap_from_K(K), strict=True))
+        shifted = colmap_K(K)
+        colmap = {"fx": fx, "fy": fy, "cx": float(shifted[0, 2]), "cy": float(shifted[1, 2])}
         views.append({
             "name": view.name, "index": i, "width": width, "height": height,
             "K": K.tolist(), "fx": fx, "fy": fy, "cx": cx, "cy": cy,
