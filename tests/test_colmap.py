@@ -190,6 +190,23 @@ def test_missing_image_is_a_reject_and_the_rest_is_read(scene_dir):
     assert item.endswith("view_001.png") and "no such file" in reason
 
 
+def test_image_without_a_rigid_pose_or_outside_images_is_a_reject(scene_dir):
+    for stem in ("rigs", "frames"):  # a model as COLMAP < 3.12 writes it: poses in images.txt
+        (scene_dir / f"sparse/0/{stem}.txt").unlink()
+    images = scene_dir / "sparse/0/images.txt"
+    lines = images.read_text().splitlines()
+    index = next(i for i, line in enumerate(lines) if line.endswith(" view_001.png"))
+    fields = lines[index].split()
+    lines[index] = " ".join([fields[0], "0", "0", "0", "0", *fields[5:]])
+    lines.append(" ".join(["9", "1", "0", "0", "0", "0", "0", "0", fields[8], "../room/images/view_000.png"]) + "\n")
+    images.write_text("\n".join(lines) + "\n")
+    scene = read_colmap_scene(scene_dir)
+    assert [v.name for v in scene.views] == ["view_000", "view_002"]
+    reasons = dict(scene.rejects)
+    assert "no rigid pose" in reasons[str(scene_dir / "images/view_001.png")]
+    assert "not a path inside images/" in reasons[str(scene_dir / "images/../room/images/view_000.png")]
+
+
 def test_depth_of_another_size_is_a_reject_naming_both_sizes(scene_dir):
     np.save(scene_dir / "depths/view_002.npy", np.ones((10, 12), dtype=np.float32))
     scene = read_colmap_scene(scene_dir)

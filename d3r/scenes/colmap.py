@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, BinaryIO
 import numpy as np
 from PIL import Image
 
-from d3r.scenes.errors import InputFileError, display_path, os_error_reason
+from d3r.scenes.errors import InputFileError, display_path, is_utf8, os_error_reason
 from d3r.scenes.folders import Rejects, sorted_entries
 from d3r.scenes.images import ImageReadError, natural_key, read_image, read_image_size
 from d3r.scenes.records import Scene, View
@@ -456,12 +456,14 @@ def _check_model_inputs(names: Sequence[str], sizes: Sequence[tuple[int, int]], 
     if len(set(names)) != len(names) or not all(names):
         raise ValueError("write_colmap_model: image names must be unique and not empty")
     for name, k, pose in zip(names, K, c2w, strict=True):
+        if not is_utf8(name) or "\x00" in name:
+            raise ValueError(f"image {display_path(name)}: a COLMAP image name is UTF-8 text without NUL")
         if text and any(char.isspace() for char in name):
             raise ValueError(f"image {name!r}: COLMAP's text format cannot hold a name with white space "
                              "(write binary instead)")
         if not (np.isfinite(k).all() and np.isfinite(pose).all()):
             raise ValueError(f"image {name!r}: K or pose is not finite")
-        if abs(k[0, 1]) > 1e-12 or not np.allclose(k[2], [0, 0, 1]):
+        if abs(k[0, 1]) > 1e-12 or abs(k[1, 0]) > 1e-12 or not np.allclose(k[2], [0, 0, 1]):
             raise ValueError(f"image {name!r}: K {k.tolist()} is not a pinhole K without skew (COLMAP PINHOLE)")
         rotation = pose[:3, :3]
         if not np.allclose(rotation @ rotation.T, np.eye(3), atol=1e-6) or np.linalg.det(rotation) <= 0:
