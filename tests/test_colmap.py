@@ -321,6 +321,23 @@ def test_truncated_or_garbage_binary_files_are_named_errors_never_a_hang(tmp_pat
     assert int(result.stdout) == total
 
 
+def test_dense_workspace_layout_is_read(scene_dir):
+    """COLMAP's undistorted workspace: the model directly in sparse/, depth in stereo/depth_maps."""
+    expected = render_scene(0, 3, 3, SIZE).views
+    for path in (scene_dir / "sparse/0").iterdir():
+        path.rename(scene_dir / "sparse" / path.name)
+    (scene_dir / "sparse/0").rmdir()
+    shutil.rmtree(scene_dir / "depths")
+    (scene_dir / "stereo/depth_maps").mkdir(parents=True)
+    for view in expected:
+        write_dense_map(scene_dir / f"stereo/depth_maps/{view.name}.png.geometric.bin", view.depth)
+    scene = read_colmap_scene(scene_dir)
+    assert scene.meta["model"] == str(scene_dir / "sparse") and not scene.rejects
+    for got, want in zip(scene.views, expected, strict=True):
+        np.testing.assert_allclose(got.pose, want.pose, rtol=0, atol=1e-9)
+        np.testing.assert_array_equal(got.load().depth, want.depth)
+
+
 def test_bad_dense_depth_is_a_reject_not_garbage(scene_dir):
     shutil.rmtree(scene_dir / "depths")
     dense = scene_dir / "stereo/depth_maps"
