@@ -200,9 +200,9 @@ def test_a_rerun_replaces_its_own_output_and_leaves_other_files(room, tmp_path):
     folder, scene = room
     out = tmp_path / "out"
     config = oracle_config()
-    reconstruct_to_folder(folder, "teacher", out, config, ReconstructOptions(html=True))
+    reconstruct_to_folder(folder, "teacher", out, config, ReconstructOptions(html=True, long_side=SIZE[0]))
     (out / "notes.txt").write_text("mine")
-    reconstruct_to_folder(folder, "teacher", out, config, ReconstructOptions(depth_format="exr"))
+    reconstruct_to_folder(folder, "teacher", out, config, ReconstructOptions(depth_format="exr", long_side=SIZE[0]))
     assert (out / "notes.txt").read_text() == "mine"
     assert not (out / "viewer.html").exists()
     assert sorted(p.suffix for p in (out / "depth").iterdir() if p.suffix != ".json") == [".exr"] * 2 * len(
@@ -249,3 +249,25 @@ def test_the_oracle_on_photos_without_ground_truth_is_a_config_error(room, tmp_p
         Image.fromarray(view.image).save(photos / f"{view.name}.png")
     with pytest.raises(ConfigError, match="oracle needs ground-truth depth"):
         reconstruct(photos, "teacher", oracle_config(), ReconstructOptions())
+
+
+def test_a_registered_model_reconstructs_by_its_alias(room, student, tmp_path):
+    """``models:/NAME@ALIAS`` from a real sqlite registry (the tiny student logged and registered); an alias the
+    registry does not have exits 2 naming MODEL."""
+    import mlflow
+
+    from d3r.config import MlflowConfig
+    from d3r.registry import log_student_model, register_student
+    from d3r.tracking import use_experiment
+
+    folder, _ = room
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    config = MlflowConfig(tracking_uri=uri, experiment="reconstruct-test")
+    with mlflow.start_run(experiment_id=use_experiment(config)):
+        register_student(log_student_model(student), config, "val/gt/abs_rel", 0.5)
+    model = f"models:/{config.registered_model}@champion"
+    common = ["--mlflow.tracking_uri", uri, "--long-side", "64"]
+    assert main(["reconstruct", str(folder), "--model", model, "-o", str(tmp_path / "out"), *common]) == 0
+    assert len(json.loads((tmp_path / "out" / "cameras.json").read_text())["views"]) == 6
+    missing = f"models:/{config.registered_model}@nobody"
+    assert main(["reconstruct", str(folder), "--model", missing, "-o", str(tmp_path / "out2"), *common]) == 2

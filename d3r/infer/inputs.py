@@ -33,6 +33,7 @@ from d3r.scenes.video import VIDEO_SUFFIXES, is_video_file, video_scene
 logger = logging.getLogger(__name__)
 
 MIN_VIEWS = 2
+PROGRESS_EVERY = 50  # views loaded between progress lines
 
 
 @dataclass(frozen=True)
@@ -140,7 +141,7 @@ def prepare_views(scene: Scene, long_side: int, patch_size: int,
     if len(views) < MIN_VIEWS:
         raise _too_few(scene, len(views), skipped)
     fitted = []
-    for view, view_fit in zip(views, fit.views, strict=True):
+    for number, (view, view_fit) in enumerate(zip(views, fit.views, strict=True), start=1):
         try:
             loaded = view.load()
             if loaded.depth is not None and loaded.depth.shape != loaded.image.shape[:2]:
@@ -149,6 +150,8 @@ def prepare_views(scene: Scene, long_side: int, patch_size: int,
             fitted.extend(fit_views([loaded], SampleFit(fit.size, (view_fit,))))
         except (OSError, ValueError) as exc:
             _skip(skipped, view, exc)
+        if number % PROGRESS_EVERY == 0:
+            logger.info("read %d of %d views", number, len(views))
     if len(fitted) < MIN_VIEWS:
         raise _too_few(scene, len(fitted), skipped)
     logger.info("%d views at %dx%d (%d turned a quarter turn), %d skipped", len(fitted), *fit.size,
