@@ -2,12 +2,17 @@
 
 - :class:`StudentModel`: the pyfunc. Its one artifact is a student checkpoint
   (:func:`d3r.student.checkpoint.save_student`: weights and every spec field), loaded as tensors only.
-  ``predict({"images": uint8 [B, N, 3, H, W]})`` returns the four maps (float32 numpy):
-  ``pts3d_global``/``pts3d_local`` ``[B, N, H, W, 3]``, ``conf_global``/``conf_local`` ``[B, N, H, W]``.
+  ``predict({"images": uint8 [B, N, 3, H, W]})`` or ``predict({"images_b64": [N base64 image files]})``
+  (see :mod:`d3r.serving`) returns the four maps (float32 numpy): ``pts3d_global``/``pts3d_local``
+  ``[B, N, H, W, 3]``, ``conf_global``/``conf_local`` ``[B, N, H, W]``; with ``params={"poses": True}``
+  also ``focal`` ``[B]``, ``intrinsics`` ``[B, N, 3, 3]`` and ``poses`` ``[B, N, 4, 4]``.
 - :func:`log_student_model`: logs it in the active run as an MLflow "model from code"
   (``d3r/registry_model.py``, passed by path, so nothing is cloudpickled), with a signature, a small
   input example, pinned pip requirements and the ``d3r`` package as code, so
-  ``mlflow.pyfunc.load_model("models:/NAME@champion")`` works in a fresh process.
+  ``mlflow.pyfunc.load_model("models:/NAME@champion")`` and ``mlflow models serve`` work in a fresh process.
+  The signature has no input schema (the two input forms are checked by :mod:`d3r.serving`, which
+  answers a bad payload with HTTP 400 and a message); it names the outputs and the ``poses`` param.
+  Serving limits (``long_side``, ``max_views``) are set at log time, in the model's config.
 - :func:`register_student`: registers a logged model, points alias ``candidate`` at it, and moves
   ``champion`` to it only when its metric (lower is better) beats the current champion's value of the
   same metric. A champion chosen by a different metric is kept: values of two metrics do not compare
@@ -30,10 +35,11 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.models import ModelSignature
 from mlflow.models.model import ModelInfo
 from mlflow.tracking import MlflowClient
-from mlflow.types.schema import Schema, TensorSpec
+from mlflow.types.schema import ParamSchema, ParamSpec, Schema, TensorSpec
 
 import d3r
 from d3r.config import MlflowConfig
+from d3r.serving import ARRAY_KEY, DEFAULT_LONG_SIDE, DEFAULT_MAX_VIEWS, ServingLimits, cameras, request_images
 from d3r.student.checkpoint import load_student
 from d3r.teachers.base import OUTPUT_KEYS
 
@@ -47,74 +53,87 @@ MODEL_CODE = Path(__file__).with_name("registry_model.py")
 # what the pyfunc imports when it loads (d3r itself travels as code)
 REQUIREMENTS = ("mlflow", "torch", "numpy", "pydantic", "pyyaml", "safetensors")
 
+POSES_PARAM = "poses"
 SIGNATURE = ModelSignature(
-    inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, 3, -1, -1), "images")]),
     outputs=Schema([
         TensorSpec(np.dtype(np.float32), (-1, -1, -1, -1, 3) if key.startswith("pts3d") else (-1, -1, -1, -1), key)
         for key in OUTPUT_KEYS
     ]),
+    params=ParamSchema([ParamSpec(POSES_PARAM, "boolean", False)]),
 )
 
 
-def _images(model_input: Any) -> np.ndarray:
-    """``{"images": uint8 [B, N, 3, H, W]}`` → the array; anything else raises a ValueError saying what is expected."""
-    if not isinstance(model_input, dict) or "images" not in model_input:
-        found = sorted(model_input) if isinstance(model_input, dict) else type(model_input).__name__
-        raise ValueError(f"d3r student: expected {{'images': uint8 [B, N, 3, H, W]}}, got {found}")
-    images = np.asarray(model_input["images"])
-    if images.dtype != np.uint8 or images.ndim != 5 or images.shape[2] != 3:
-        raise ValueError(f"d3r student: 'images' must be uint8 [B, N, 3, H, W], got {images.dtype} {images.shape}")
-    return images
-
-
 class StudentModel(mlflow.pyfunc.PythonModel):
-    """The pyfunc around a student checkpoint (artifact ``checkpoint``); runs on CUDA when there is one."""
+    """The pyfunc around a student checkpoint (artifact ``checkpoint``); runs on CUDA when there is one.
+
+    The model config (set at log time) holds the serving limits: ``long_side`` and ``max_views``
+    (:class:`d3r.serving.ServingLimits`).
+    """
 
     def load_context(self, context: Any) -> None:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.student = load_student(Path(context.artifacts["checkpoint"])).to(self.device).eval()
+        config = context.model_config or {}
+        self.limits = ServingLimits(patch_size=self.student.spec.patch_size,
+                                    long_side=int(config.get("long_side", DEFAULT_LONG_SIDE)),
+                                    max_views=int(config.get("max_views", DEFAULT_MAX_VIEWS)))
 
     def predict(self, context: Any, model_input, params: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
-        """``{"images": uint8 [B, N, 3, H, W]}`` (H, W multiples of the patch) → the four maps (float32 numpy).
+        """``{"images": uint8 [B, N, 3, H, W]}`` or ``{"images_b64": [N base64 image files]}`` → the four maps
+        (float32 numpy), and the cameras when ``params["poses"]`` (see :mod:`d3r.serving`).
 
         ``model_input`` has no type hint: MLflow would read one as a schema, and knows only ``list[...]``
-        (so MLflow warns once, on import, that ``predict`` lacks one; SIGNATURE checks the input instead).
+        (so MLflow warns once, on import, that ``predict`` lacks one).
 
         Raises:
-            ValueError: for any other input (the message says what is expected).
+            d3r.serving.BadRequest: (an MlflowException answered with HTTP 400, and a ValueError) for any
+                other input, naming what is wrong.
         """
-        images = torch.from_numpy(np.ascontiguousarray(_images(model_input))).to(self.device)
+        images = torch.from_numpy(np.ascontiguousarray(request_images(model_input, self.limits))).to(self.device)
         with torch.inference_mode():
             outputs = self.student(images)
-        return {key: outputs[key].float().cpu().numpy() for key in OUTPUT_KEYS}
+        maps = {key: outputs[key].float().cpu().numpy() for key in OUTPUT_KEYS}
+        if (params or {}).get(POSES_PARAM):
+            maps.update(cameras(maps["pts3d_global"], maps["conf_global"]))
+        return maps
 
 
 def _requirements() -> list[str]:
     return [f"{name}=={metadata.version(name).split('+')[0]}" for name in REQUIREMENTS]
 
 
-def _input_example(checkpoint_path: Path) -> dict[str, np.ndarray]:
+def _input_example(patch_size: int) -> dict[str, np.ndarray]:
     """A small valid input: 1 sample of 2 views of 2x2 patches (``[1, 2, 3, 2p, 2p]`` uint8)."""
-    side = 2 * load_student(checkpoint_path).spec.patch_size
+    side = 2 * patch_size
     ramp = np.linspace(0, 255, side * side * 3, dtype=np.float64).reshape(3, side, side).astype(np.uint8)
-    return {"images": np.stack([ramp, ramp[:, ::-1]])[None]}
+    return {ARRAY_KEY: np.stack([ramp, ramp[:, ::-1]])[None]}
 
 
-def log_student_model(checkpoint_path: Path, *, name: str = "student") -> ModelInfo:
+def log_student_model(checkpoint_path: Path, *, name: str = "student", long_side: int = DEFAULT_LONG_SIDE,
+                      max_views: int = DEFAULT_MAX_VIEWS) -> ModelInfo:
     """Log the student checkpoint at ``checkpoint_path`` as a pyfunc model named ``name`` in the active run.
 
+    ``long_side`` (image files sent to the served model are resized to it) and ``max_views`` (most views
+    in one request) go into the model's config (see :mod:`d3r.serving`).
+
     Raises:
-        FileNotFoundError, ValueError: when the file is not a loadable student checkpoint.
+        FileNotFoundError, ValueError: when the file is not a loadable student checkpoint, ``long_side`` is
+            below its patch size, or ``max_views`` is not in 1..its ``max_views`` (view ids it knows).
     """
     checkpoint_path = Path(checkpoint_path)
+    spec = load_student(checkpoint_path).spec
+    if long_side < spec.patch_size or not 1 <= max_views <= spec.max_views:
+        raise ValueError(f"log_student_model: long_side={long_side} must be at least the patch size "
+                         f"{spec.patch_size} and max_views={max_views} in 1..{spec.max_views}")
     return mlflow.pyfunc.log_model(
         name=name,
         python_model=str(MODEL_CODE),
         artifacts={"checkpoint": str(checkpoint_path)},
         code_paths=[str(Path(d3r.__file__).parent)],
         signature=SIGNATURE,
-        input_example=_input_example(checkpoint_path),
+        input_example=_input_example(spec.patch_size),
         pip_requirements=_requirements(),
+        model_config={"long_side": long_side, "max_views": max_views},
     )
 
 
