@@ -10,6 +10,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from d3r.cli import main
@@ -231,6 +232,8 @@ def test_bad_inputs_exit_2_naming_the_argument(room, student, tmp_path, capsys):
         ([str(folder), "--model", str(student), "-o", str(tmp_path / "out"), "--max-views-per-pass", "1"],
          "--max-views-per-pass"),
     ]
+    if not torch.cuda.is_available():
+        cases.append(([str(folder), *run, "--device", "cuda"], "--device cuda"))
     for argv, message in cases:
         assert main(["reconstruct", *argv]) == 2, argv
         assert message in capsys.readouterr().err, argv

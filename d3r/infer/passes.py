@@ -71,7 +71,11 @@ def predict_in_passes(predict: Predict, views: list[View], max_views: int) -> tu
         outputs = predict([views[i] for i in indices])
         pts, cnf = outputs["pts3d_global"], outputs["conf_global"]
         if number > 1:
-            scale, rotation, shift = anchor_sim3(pts[0], cnf[0], points[0], conf[0])
+            try:
+                scale, rotation, shift = anchor_sim3(pts[0], cnf[0], points[0], conf[0])
+            except ValueError as exc:
+                raise ValueError(f"pass {number}/{len(passes)} cannot be joined to the first through view 0 ({exc}); "
+                                 "put a view that sees most of the scene first") from exc
             pts = apply_sim3(pts, scale, rotation, shift).astype(np.float32)
             logger.info("pass %d: anchor Sim(3) scale %.4f", number, scale)
         for slot, i in enumerate(indices):

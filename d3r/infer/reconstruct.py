@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import torch
 
 from d3r.config import ConfigError, D3RConfig
 from d3r.eval.models import REGISTRY_PREFIX, TEACHER, EvaluatedModel, load_model
@@ -92,6 +93,8 @@ def _load_model(model: str, config: D3RConfig, options: ReconstructOptions) -> E
     if model != TEACHER and not model.startswith(REGISTRY_PREFIX) and not Path(model).is_file():
         raise ConfigError(f"--model {model!r}: no such checkpoint file (expected a student checkpoint, "
                           f"{REGISTRY_PREFIX}NAME@ALIAS or {TEACHER!r})")
+    if options.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: this machine has no CUDA device (use auto or cpu)")
     if model.startswith(REGISTRY_PREFIX):
         import mlflow
 
