@@ -4,7 +4,7 @@ import numpy as np
 
 from d3r.geometry import depth_to_points, project, transform_points
 from d3r.scenes.records import View
-from d3r.scenes.rotation import turn_map, turn_view, unturn_map, unturn_points
+from d3r.scenes.rotation import turn_map, turn_view, unturn_camera, unturn_map, unturn_points
 
 
 def _view(width: int = 7, height: int = 5) -> View:
@@ -40,3 +40,15 @@ def test_outputs_of_a_turned_view_turn_back_to_the_photo():
     np.testing.assert_allclose(back, depth_to_points(view.depth.astype(np.float64), view.K), atol=1e-12)
     assert np.array_equal(unturn_map(turned.image, 1), view.image)
     assert np.array_equal(unturn_map(turn_map(turn_map(view.depth), 1), 2), view.depth)
+
+
+def test_unturn_camera_gives_back_the_photo_camera():
+    view = _view()
+    once = turn_view(view)
+    K, pose = unturn_camera(once.K, once.pose, once.size, 1)
+    np.testing.assert_allclose(K, view.K, atol=1e-12)
+    np.testing.assert_allclose(pose, view.pose, atol=1e-12)
+    thrice = turn_view(turn_view(once))
+    K, pose = unturn_camera(thrice.K, thrice.pose, thrice.size, 3)
+    np.testing.assert_allclose(K, view.K, atol=1e-12)
+    np.testing.assert_allclose(pose, view.pose, atol=1e-12)
