@@ -254,7 +254,8 @@ def register(config: D3RConfig, run_id: str, student_path: Path, val: dict[str, 
         log.warning("%s was not measured (no val rows with it): registered as candidate only", metric)
     mlflow.set_tracking_uri(config.mlflow.tracking_uri)
     with mlflow.start_run(run_id=run_id):
-        model_info = log_student_model(student_path)
+        # photos sent to the served model are fitted to the size it was trained at
+        model_info = log_student_model(student_path, long_side=config.scenes.long_side)
         return register_student(model_info, config.mlflow, metric, value)
 
 
