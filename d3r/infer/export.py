@@ -73,9 +73,10 @@ class ExportReport:
         file_bytes: size of the file.
         rel_error: per batch size checked, the largest normwise relative error over the four outputs.
         ort_seconds, torch_seconds: median latency of one batch-1 forward (ONNX Runtime CPU, PyTorch CPU),
-            both on ``threads`` threads.
+            both on ``threads`` threads, in seconds of ``clock``.
         runs: forwards timed for each median (after two warm-up ones).
         threads: CPU threads of both runtimes (``torch.get_num_threads()``).
+        clock: the name of the clock that timed them (``perf_counter``: wall time; ``process_time``: CPU time).
     """
 
     path: Path
@@ -92,6 +93,7 @@ class ExportReport:
     torch_seconds: float
     runs: int
     threads: int
+    clock: str
 
     def format(self) -> str:
         errors = ", ".join(f"batch {b}: {e:.2e}" for b, e in self.rel_error.items())
@@ -102,7 +104,7 @@ class ExportReport:
             f"  exporter   {self.exporter}, opset {self.opset}; onnx.checker passed",
             f"  size       {self.file_bytes / 2**20:.1f} MiB ({self.parameters / 1e6:.2f}M parameters)",
             f"  parity     max |ort - torch| / max |torch| = {errors} (tolerance {TOLERANCE:g})",
-            f"  latency    batch 1, CPU ({self.threads} threads), median of {self.runs}: "
+            f"  latency    batch 1, CPU ({self.threads} threads), {self.clock}, median of {self.runs}: "
             f"ONNX Runtime {self.ort_seconds * 1e3:.1f} ms, PyTorch {self.torch_seconds * 1e3:.1f} ms "
             f"({self.torch_seconds / self.ort_seconds:.2f}x)",
         ])
@@ -195,34 +197,35 @@ def relative_error(got: np.ndarray, reference: np.ndarray) -> float:
     return diff / scale if scale > 0 else diff
 
 
-def median_seconds(forward: Callable[[], object], runs: int, warmup: int = 2) -> float:
-    """Median wall seconds of ``runs`` calls of ``forward`` after ``warmup`` untimed ones (PyTorch's first
-    CPU forwards are several times slower than the steady state)."""
+def median_seconds(forward: Callable[[], object], runs: int, warmup: int = 2,
+                   clock: Callable[[], float] = time.perf_counter) -> float:
+    """Median seconds (of ``clock``: wall by default) of ``runs`` calls of ``forward`` after ``warmup`` untimed
+    ones (PyTorch's first CPU forwards are several times slower than the steady state)."""
     for _ in range(warmup):
         forward()
     times = []
     for _ in range(runs):
-        start = time.perf_counter()
+        start = clock()
         forward()
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return statistics.median(times)
 
 
 def _verify(student: Student, path: Path, views: int, height: int, width: int,
-            runs: int) -> tuple[dict[int, float], float, float]:
+            runs: int, clock: Callable[[], float]) -> tuple[dict[int, float], float, float]:
     """Normwise relative error per batch size of ``PARITY_BATCHES``, and the median batch-1 seconds of PyTorch
     and of ONNX Runtime (same thread count). PyTorch runs before the ONNX Runtime session exists: the session's
     idle threads spin for a while after each run and would slow PyTorch down."""
     batches = {batch: random_images(batch, views, height, width, seed=batch) for batch in PARITY_BATCHES}
     with torch.inference_mode():
         references = {batch: student(images) for batch, images in batches.items()}
-        torch_seconds = median_seconds(lambda: student(batches[1]), runs)
+        torch_seconds = median_seconds(lambda: student(batches[1]), runs, clock=clock)
     session = onnx_session(path, threads=torch.get_num_threads())
     errors = {}
     for batch, images in batches.items():
         got = run_onnx(session, images.numpy())
         errors[batch] = max(relative_error(got[key], references[batch][key].numpy()) for key in OUTPUT_KEYS)
-    ort_seconds = median_seconds(lambda: run_onnx(session, batches[1].numpy()), runs)
+    ort_seconds = median_seconds(lambda: run_onnx(session, batches[1].numpy()), runs, clock=clock)
     return errors, torch_seconds, ort_seconds
 
 
@@ -254,13 +257,15 @@ def export_onnx(
     path: Path,
     *,
     runs: int = 5,
+    clock: Callable[[], float] = time.perf_counter,
     tolerance: float = TOLERANCE,
 ) -> ExportReport:
     """Export the student ``model`` (checkpoint path or ``models:/NAME@ALIAS``) to ONNX at ``path`` for
     ``views`` views of ``width`` x ``height`` (dynamic batch), verify it and measure it (see the module docstring).
 
     The file is written beside ``path`` under a temporary name and renamed only once verified; an existing
-    ``path`` is never replaced.
+    ``path`` is never replaced. Latencies are median ``clock`` seconds: wall time by default; a benchmark on a
+    shared machine may pass ``time.process_time`` (CPU time, robust to other jobs when single-threaded).
 
     Raises:
         ConfigError: naming ``--model``, ``--views``, ``--size`` or ``-o`` for a bad argument.
@@ -281,7 +286,7 @@ def export_onnx(
         opset = _export_file(student, views, height, width, partial)
         log.info("exported %s in %.1f s; verifying", model, time.perf_counter() - started)
         onnx.checker.check_model(str(partial), full_check=True)
-        errors, torch_seconds, ort_seconds = _verify(student, partial, views, height, width, runs)
+        errors, torch_seconds, ort_seconds = _verify(student, partial, views, height, width, runs, clock)
         if max(errors.values()) > tolerance:
             raise ExportMismatch(
                 f"ONNX Runtime differs from PyTorch by {errors} (normwise relative, per batch size) > {tolerance:g}"
@@ -294,5 +299,5 @@ def export_onnx(
         path=path, model=model, views=views, height=height, width=width, exporter="torch.onnx.export(dynamo=True)",
         opset=opset, parameters=sum(p.numel() for p in student.parameters()), file_bytes=file_bytes,
         rel_error=errors, ort_seconds=ort_seconds, torch_seconds=torch_seconds, runs=runs,
-        threads=torch.get_num_threads(),
+        threads=torch.get_num_threads(), clock=getattr(clock, "__name__", repr(clock)),
     )
