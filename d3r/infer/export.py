@@ -8,7 +8,8 @@ The exported graph:
 - outputs the four maps of :data:`d3r.teachers.base.OUTPUT_KEYS`, float32: ``pts3d_global`` and
   ``pts3d_local`` ``[batch, N, H, W, 3]``, ``conf_global`` and ``conf_local`` ``[batch, N, H, W]``
   (global = view 0's camera frame; the views get the sequential ids ``0..N-1`` the student uses at inference);
-- metadata ``d3r.*`` (source, views, size, student spec as JSON).
+- metadata ``d3r.views``, ``d3r.size``, ``d3r.input`` (the input in words) and ``d3r.spec`` (the student's
+  spec as JSON).
 
 Exporter: ``torch.onnx.export(dynamo=True)`` (``torch.export`` + onnxscript). The legacy TorchScript
 exporter (``dynamo=False``) fails on the student with torch 2.13: the confidence activation's
