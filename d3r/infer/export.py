@@ -234,7 +234,7 @@ def _export_file(student: Student, views: int, height: int, width: int, path: Pa
     """Write the ONNX file of ``student`` at ``path``; returns its default-domain opset."""
     example = random_images(2, views, height, width)  # batch 2: a batch of 1 would be specialised
     program = torch.onnx.export(
-        _MapsTuple(student), (example,), dynamo=True, verbose=False,
+        _MapsTuple(student).eval(), (example,), dynamo=True, verbose=False,
         input_names=[INPUT_NAME], output_names=list(OUTPUT_KEYS),
         dynamic_shapes={"images": {0: torch.export.Dim("batch")}},
     )
