@@ -145,10 +145,15 @@ def _cmd_reconstruct(args: argparse.Namespace, rest: list[str]) -> int:
 def _cmd_export(args: argparse.Namespace, rest: list[str]) -> int:
     from pathlib import Path
 
-    from d3r.infer.export import export_onnx
+    from d3r.infer.export import ExportMismatch, export_onnx
 
     width, height = _parse_size(args.size)
-    print(export_onnx(args.model, _config(args, rest), args.views, height, width, Path(args.out)).format())
+    try:
+        report = export_onnx(args.model, _config(args, rest), args.views, height, width, Path(args.out))
+    except ExportMismatch as exc:  # the graph is wrong, not the arguments: no file was written
+        print(f"d3r export: {exc}", file=sys.stderr)
+        return 1
+    print(report.format())
     return 0
 
 
