@@ -146,6 +146,8 @@ class CacheConfig(Section):
     batch_size: int = Field(2, ge=1, description="samples per teacher call")
     num_actors: int = Field(1, ge=1, description="teacher copies running at once (Ray actors)")
     num_gpus: float = Field(0.0, ge=0.0, description="GPUs per teacher actor; 0 on CPU-only hosts")
+    allow_cpu_fallback: bool = Field(False, description="run the teacher on CPU when num_gpus > 0 but the cluster "
+                                     "has no GPU (else that is a config error)")
     chunk_samples: int = Field(16, ge=1, description="samples committed per Lance version")
     retry_rejected: bool = Field(False, description="recompute samples already in the rejects table")
 

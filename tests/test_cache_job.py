@@ -146,15 +146,19 @@ def assert_within_one_fp16_step(decoded: np.ndarray, truth: np.ndarray, name: st
     assert np.mean(off > 0) <= 0.01, f"{name}: {int((off > 0).sum())} of {off.size} values differ"
 
 
-def test_a_wrong_teacher_checkpoint_fails_before_any_work(tmp_path: Path) -> None:
+def test_a_wrong_teacher_checkpoint_exits_2_and_commits_nothing(tmp_path: Path) -> None:
     checkpoint = tmp_path / "broken"
     checkpoint.mkdir()
-    (checkpoint / "model.safetensors").write_bytes(b"not a safetensors file")
-    config = make_config(tmp_path, "--teacher.name", "fast3r", "--teacher.preset", "tiny",
-                         "--teacher.checkpoint", str(checkpoint))
-    with pytest.raises(ConfigError, match="teacher.checkpoint"):
-        run_cache_job(config)
+    missing = make_config(tmp_path, "--teacher.name", "fast3r", "--teacher.preset", "tiny",
+                          "--teacher.checkpoint", str(checkpoint))
+    with pytest.raises(ConfigError, match="teacher.checkpoint"):  # no weights file: found before any work
+        run_cache_job(missing)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken"]
+    # A weights file that does not load: the driver never loads weights, so the first actor finds it.
+    (checkpoint / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ConfigError, match="teacher.checkpoint"):
+        run_cache_job(missing)
+    assert open_dataset(missing.cache.uri) is None and open_dataset(rejects_uri(missing.cache.uri)) is None
 
 
 def test_a_patch_size_the_teacher_cannot_take_fails_before_any_work(tmp_path: Path) -> None:

@@ -4,9 +4,12 @@
 
 1. checks what can be checked before any work: the codec name; that ``cache.uri`` is free or a d3r
    table in a writable place (:func:`~d3r.cache.store.check_location`); that an existing table was
-   written with this run's settings (:data:`BOUND_FIELDS`); the teacher itself (built once here: a
-   wrong checkpoint fails now, and its fingerprint makes the keys), and that the table's rows come
-   from the same teacher and codec version: a table holds one teacher, one encoding;
+   written with this run's settings (:data:`BOUND_FIELDS`); with ``cache.num_gpus`` > 0, that the
+   Ray cluster has GPUs (else exit 2 naming the field, unless ``cache.allow_cpu_fallback``); the
+   teacher's fingerprint (:func:`plan_teacher`: from the config and the checkpoint's hash, computed
+   once, never loading the weights here; it makes the keys and each actor checks its own against it),
+   and that the table's rows come from the same teacher and codec version: a table holds one
+   teacher, one encoding;
 2. plans: scenes → samples → keys, skipping keys already in the table (and, unless
    ``cache.retry_rejected``, keys already in the rejects table); a source that yields no sample at all
    is a :class:`~d3r.config.ConfigError` saying why; when there is work, connects to Ray
@@ -14,15 +17,20 @@
    then opens the :class:`~d3r.cache.store.CacheStore` (the lock; orphan files of a killed run removed);
 3. runs Ray Data over the pending samples: :func:`~d3r.cache.stages.load_stage` as CPU tasks, then
    :class:`~d3r.cache.stages.TeacherStage` in an actor pool (``cache.num_actors`` actors,
-   ``cache.batch_size`` samples per call, ``cache.num_gpus`` per actor when the cluster has GPUs);
-4. the driver iterates the results and commits every ``cache.chunk_samples`` good rows as one Lance
-   version, plus their rejects; a killed job loses at most the uncommitted chunk, and a rerun
-   computes only what is missing;
-5. finally drops from the rejects what is now cached, records the config and d3r version in the
-   table's metadata (when this run wrote rows), tags the version (``cache-v<version>`` and
-   ``latest``) and returns a :class:`CacheSummary`.
+   ``cache.batch_size`` samples per call, ``cache.num_gpus`` per actor, CPUs per actor sized to fit
+   the nodes: :func:`actor_cpus`), which writes each good sample as a Lance fragment and returns
+   metadata only; an actor that dies is restarted and its batch retried (:data:`ACTOR_RESTARTS`);
+4. the driver (:class:`ChunkCommitter`) collects that metadata and commits every
+   ``cache.chunk_samples`` written samples as one Lance version (keys already in the table left out),
+   plus their rejects; it never receives an image or a supervision array. A killed job loses at most
+   the uncommitted chunks (their fragments are orphans that the next run removes), and a rerun
+   computes only what is missing. A transient fault that persisted in a worker
+   (:class:`~d3r.cache.stages.TeacherFaultError`) fails the job after committing what arrived;
+5. finally removes orphan fragments (under the lock), drops from the rejects what is now cached,
+   records the config and d3r version in the table's metadata (when this run wrote rows), tags the
+   version (``cache-v<version>`` and ``latest``) and returns a :class:`CacheSummary`.
 
-Interrupted (:class:`~d3r.entry.JobInterrupted`, SIGTERM/SIGINT under :mod:`d3r.entry`): the lock is
+Interrupted (:class:`~d3r.errors.JobInterrupted`, SIGTERM/SIGINT under :mod:`d3r.entry`): the lock is
 released, a Ray started here is shut down, committed chunks stay, and the re-raised interruption says
 how many samples are safe.
 
@@ -40,6 +48,7 @@ from collections import Counter
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import pyarrow as pa
@@ -50,22 +59,23 @@ import yaml
 import d3r
 from d3r.cache.codec import get_codec
 from d3r.cache.rows import cache_key, cache_schema
-from d3r.cache.stages import OK, WORK_SCHEMA, TeacherStage, load_stage, pack_sample
+from d3r.cache.stages import BAD_TEACHER, FAULT, OK, TeacherFaultError, TeacherStage, load_stage, pack_sample
 from d3r.cache.store import (
     CONFIG_KEY,
     VERSION_KEY,
     CacheStore,
+    WrittenFragment,
     check_location,
     open_dataset,
     rejects_uri,
     table_metadata,
 )
-from d3r.config import ConfigError, D3RConfig, TeacherConfig, config_to_yaml
-from d3r.entry import JobInterrupted
+from d3r.config import D3RConfig, TeacherConfig, config_to_yaml
+from d3r.errors import ConfigError, JobInterrupted
 from d3r.raysession import ray_session
 from d3r.scenes.sampling import FitReport, SamplingTally, sample_scene
 from d3r.scenes.sources import list_scenes
-from d3r.teachers.base import Teacher, build_teacher, fingerprint_id
+from d3r.teachers.base import Teacher, build_teacher, fingerprint_id, resolve_device, teacher_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +89,7 @@ PROGRESS_EVERY_S = 10.0
 # actors' keep Ray Data from fusing the load into the teacher actors (which would serialise the two).
 LOAD_TASK_CPUS = 0.5
 ADJUSTED_SHOWN = 10  # scenes whose fitted views the summary names
+ACTOR_RESTARTS = 2  # restarts of a dead teacher actor, and retries of its lost batch
 
 
 @dataclass
@@ -97,6 +108,7 @@ class CacheSummary:
     version: int | None = None
     tag: str | None = None
     adjusted: list[str] = field(default_factory=list)
+    driver_bytes: int = 0  # the workers' results the driver received (metadata only)
 
     @property
     def rejected_total(self) -> int:
@@ -214,7 +226,44 @@ def check_table_teacher(config: D3RConfig, fingerprint: dict[str, Any]) -> None:
     )
 
 
-def check_patch_size(config: D3RConfig, teacher: Teacher) -> None:
+@dataclass(frozen=True)
+class PlannedTeacher:
+    """What the driver knows of the teacher without building it: the fingerprint every actor's teacher must
+    have, its patch size, and the factory the actors build it with (the checkpoint hash, computed once
+    here, bound into it)."""
+
+    fingerprint: dict[str, Any]
+    patch_size: int
+    factory: TeacherFactory
+
+
+def plan_teacher(config: D3RConfig, factory: TeacherFactory, num_gpus: float) -> PlannedTeacher:
+    """The teacher the actors will build, on a GPU when ``num_gpus`` > 0.
+
+    With the registry's :func:`~d3r.teachers.base.build_teacher`, nothing is loaded here:
+    :func:`~d3r.teachers.base.teacher_fingerprint` reads the config (and a checkpoint's ``config.json``)
+    and hashes the checkpoint once; the actors get that hash. A caller's own ``factory`` (test teachers)
+    is built here once for its fingerprint and patch size.
+
+    Raises:
+        ConfigError: naming ``teacher.checkpoint``/``teacher.preset``, or ``teacher.device`` when it asks
+            for CUDA but the actors get no GPU.
+    """
+    if factory is not build_teacher:
+        teacher = factory(config.teacher)
+        return PlannedTeacher(dict(teacher.fingerprint), teacher.patch_size, factory)
+    device = resolve_device(config.teacher.device, cuda_available=num_gpus > 0)
+    if device == "cuda" and num_gpus <= 0:
+        raise ConfigError("teacher.device='cuda' but cache.num_gpus is 0 (or the cluster has no GPU): the teacher "
+                          "actors get no GPU; set cache.num_gpus, or teacher.device auto or cpu")
+    fingerprint = teacher_fingerprint(config.teacher, device_kind=device)
+    # A fingerprint that names a model names its patch (fast3r's resolved architecture); others take any size.
+    patch_size = int(fingerprint.get("model", {}).get("patch_size", 1))
+    return PlannedTeacher(fingerprint, patch_size,
+                          partial(build_teacher, checkpoint_sha256=fingerprint.get("weights_sha256")))
+
+
+def check_patch_size(config: D3RConfig, teacher: PlannedTeacher) -> None:
     """Preprocessed images (multiples of ``scenes.patch_size``) must suit the teacher's patch.
 
     Raises:
@@ -222,7 +271,7 @@ def check_patch_size(config: D3RConfig, teacher: Teacher) -> None:
     """
     if config.scenes.patch_size % teacher.patch_size:
         raise ConfigError(
-            f"scenes.patch_size={config.scenes.patch_size} is not a multiple of the {teacher.name} teacher's "
+            f"scenes.patch_size={config.scenes.patch_size} is not a multiple of the {config.teacher.name} teacher's "
             f"patch size {teacher.patch_size}: images would not fit it"
         )
 
@@ -261,40 +310,46 @@ def plan_samples(config: D3RConfig, fingerprint: str, done: set[str], rejected: 
     return plan
 
 
-def teacher_gpus(requested: float) -> float:
-    """GPUs per teacher actor: ``requested`` when the cluster has GPUs, else 0 (with a warning)."""
-    if requested <= 0:
-        return 0.0
-    if ray.cluster_resources().get("GPU", 0) <= 0:
-        logger.warning("cache.num_gpus=%s but the Ray cluster has no GPU: the teacher runs on CPU", requested)
-        return 0.0
-    return requested
+def teacher_gpus(requested: float, allow_cpu_fallback: bool) -> float:
+    """GPUs per teacher actor: ``requested`` when the Ray cluster has GPUs.
 
-
-def actor_cpus(num_actors: int, num_gpus: float) -> float:
-    """CPUs per teacher actor, leaving room for at least one load task (no deadlock on small clusters).
-
-    GPU actors take 1 CPU. CPU actors share the rest of the cluster in whole CPUs, because Ray sets an
-    actor's ``OMP_NUM_THREADS`` (so torch's thread count) from its CPUs: one CPU would mean one thread.
+    Raises:
+        ConfigError: naming ``cache.num_gpus`` when it asks for GPUs the cluster lacks, unless
+            ``allow_cpu_fallback`` (then 0, with a warning).
     """
-    share = (ray.cluster_resources().get("CPU", 1.0) - LOAD_TASK_CPUS) / num_actors
+    if requested <= 0 or ray.cluster_resources().get("GPU", 0) > 0:
+        return max(requested, 0.0)
+    if not allow_cpu_fallback:
+        raise ConfigError(
+            f"cache.num_gpus={requested} but the Ray cluster has no GPU; set cache.num_gpus 0 to run the teacher on "
+            "CPU, or cache.allow_cpu_fallback true to let it fall back to CPU"
+        )
+    logger.warning("cache.num_gpus=%s but the Ray cluster has no GPU: the teacher runs on CPU "
+                   "(cache.allow_cpu_fallback)", requested)
+    return 0.0
+
+
+def node_cpus() -> list[float]:
+    """The CPUs of each live node of the Ray cluster."""
+    return [node["Resources"].get("CPU", 0.0) for node in ray.nodes() if node.get("Alive")]
+
+
+def actor_cpus(num_actors: int, num_gpus: float, nodes: list[float]) -> float:
+    """CPUs per teacher actor on a cluster whose nodes have ``nodes`` CPUs, so that all ``num_actors`` fit
+    on the nodes (an actor runs on one node) and at least one load task still can.
+
+    GPU actors take 1 CPU. CPU actors take the most whole CPUs that still fit, because Ray sets an actor's
+    ``OMP_NUM_THREADS`` (so torch's thread count) from its CPUs: one CPU would mean one thread. When not
+    even one CPU each fits, they share what there is.
+    """
+    total = sum(nodes)
+    share = (total - LOAD_TASK_CPUS) / num_actors
     if num_gpus > 0 or share < 1:
         return min(1.0, share)
-    return float(int(share))
-
-
-def _fingerprint_on_gpu(teacher: TeacherConfig, factory: TeacherFactory) -> dict[str, Any]:
-    return dict(factory(teacher).fingerprint)
-
-
-def teacher_fingerprint(config: D3RConfig, factory: TeacherFactory, num_gpus: float,
-                        local: dict[str, Any]) -> dict[str, Any]:
-    """The fingerprint the actors will have: built where they run when that is a GPU (dtype/device
-    differ from the driver's), else the driver's ``local`` one."""
-    if num_gpus <= 0:
-        return local
-    probe = ray.remote(num_gpus=num_gpus)(_fingerprint_on_gpu)
-    return ray.get(probe.remote(config.teacher, factory))
+    for cpus in range(int(max(nodes)), 0, -1):
+        if sum(int(node // cpus) for node in nodes) >= num_actors and total - cpus * num_actors >= LOAD_TASK_CPUS:
+            return float(cpus)
+    return min(1.0, share)
 
 
 def _reject_record(row: dict[str, Any]) -> dict[str, Any]:
@@ -302,35 +357,43 @@ def _reject_record(row: dict[str, Any]) -> dict[str, Any]:
             "item": ",".join(row["view_names"] or []), "stage": row["stage"], "reason": row["reason"]}
 
 
-def _cache_table(rows: list[dict[str, Any]]) -> pa.Table:
-    """Work rows → cache rows (codec columns expanded, work-only columns dropped)."""
-    cache_rows = []
-    for row in rows:
-        out = {name: row[name] for name in cache_schema([]).names}
-        out.update(zip(row["sup_names"], row["sup_values"], strict=True))
-        cache_rows.append(out)
-    return pa.Table.from_pylist(cache_rows, schema=cache_schema(rows[0]["sup_names"]))
-
-
-class ChunkWriter:
-    """Collects result rows and commits every ``chunk_samples`` good ones (plus the rejects met so far,
-    also when they alone reach ``chunk_samples``) to the store; ``metadata`` goes into the table schema."""
+class ChunkCommitter:
+    """The driver's side of the job: collects the teacher actors' :data:`~d3r.cache.stages.RESULT_SCHEMA`
+    rows (fragment metadata and small facts, never images or supervision) and commits every
+    ``chunk_samples`` written samples as one version, plus the rejects met so far (also when they alone
+    reach ``chunk_samples``); ``metadata`` goes into the table schema with the version that creates it.
+    ``summary.driver_bytes`` counts the bytes of the results received."""
 
     def __init__(self, store: CacheStore, summary: CacheSummary, chunk_samples: int, pending: int,
                  metadata: dict[str, str], started: float):
         self.store, self.summary, self.metadata = store, summary, metadata
         self.chunk_samples, self.pending = chunk_samples, pending
-        self.good: list[dict[str, Any]] = []
+        self.good: list[tuple[WrittenFragment, dict[str, Any]]] = []
         self.rejects: list[dict[str, Any]] = []
         self.started = started  # the job's start: the log's rate is the summary's
         self.rejected = 0
         self.last_log = 0.0
         self.logged_done = 0
 
-    def add(self, batch: pa.Table) -> None:
-        for row in batch.to_pylist():
-            if row["status"] == OK:
-                self.good.append(row)
+    def add(self, results: pa.Table) -> None:
+        """Take one batch of results (:data:`~d3r.cache.stages.RESULT_SCHEMA`).
+
+        Raises:
+            TeacherFaultError: when a sample met a transient fault that persisted, after committing every
+                written sample received (naming the sample, the fault and what is safe).
+            ConfigError: when an actor could not build the teacher (e.g. a checkpoint that does not load).
+        """
+        self.summary.driver_bytes += results.nbytes
+        faults = []
+        for row in results.to_pylist():
+            if row["status"] == BAD_TEACHER:
+                self.commit()
+                raise ConfigError(f"{row['reason']} (found by a teacher actor; {_safe_samples(self.store.uri)})")
+            if row["status"] == FAULT:
+                faults.append(row["reason"])
+            elif row["status"] == OK:
+                fragment = WrittenFragment((row["key"],), row["fragment"])
+                self.good.append((fragment, {"N": row["N"], "sup_bytes": json.loads(row["sup_bytes"])}))
             else:
                 self.summary.rejected[(row["stage"], row["kind"])] += 1
                 self.rejected += 1
@@ -340,18 +403,23 @@ class ChunkWriter:
             self.commit()
         if len(self.rejects) >= self.chunk_samples:
             self.commit()
+        if faults:
+            self.commit()  # what arrived is safe (fewer than a chunk are left); then fail loudly
+            raise TeacherFaultError(f"{faults[0]} ({len(faults)} such samples in the batch); "
+                                    f"{_safe_samples(self.store.uri)}")
 
     def commit(self) -> None:
-        """Commit up to ``chunk_samples`` good rows as one version, and every reject collected."""
+        """Commit up to ``chunk_samples`` written samples as one version, and every reject collected."""
         chunk, self.good = self.good[: self.chunk_samples], self.good[self.chunk_samples:]
         if chunk:
-            # The metadata goes in with the first version, so even a killed job's table records its settings.
-            written, version = self.store.append(_cache_table(chunk).replace_schema_metadata(self.metadata))
-            self.summary.written += written.num_rows
-            self.summary.views_written += int(pc.sum(written["N"]).as_py() or 0)
-            for name in written.column_names:
-                if name.startswith("sup_"):
-                    size = int(pc.sum(pc.binary_length(written[name])).as_py() or 0)
+            facts = dict(zip((fragment for fragment, _ in chunk), (fact for _, fact in chunk), strict=True))
+            schema = cache_schema(list(chunk[0][1]["sup_bytes"])).with_metadata(self.metadata)
+            committed, version = self.store.commit([fragment for fragment, _ in chunk], schema)
+            for fragment in committed:
+                fact = facts[fragment]
+                self.summary.written += 1
+                self.summary.views_written += fact["N"]
+                for name, size in fact["sup_bytes"].items():
                     self.summary.sup_bytes[name] = self.summary.sup_bytes.get(name, 0) + size
             if version is not None:
                 self.summary.version = version
@@ -371,9 +439,14 @@ class ChunkWriter:
                     done, self.pending, self.rejected, rate, self.summary.version)
 
 
-def run_pending(config: D3RConfig, items: list[dict[str, Any]], writer: ChunkWriter, fingerprint: str,
+def run_pending(config: D3RConfig, items: list[dict[str, Any]], committer: ChunkCommitter, fingerprint: str,
                 factory: TeacherFactory, num_gpus: float) -> None:
-    """Ray Data over ``items``: load (CPU tasks) → teacher + codec (actor pool) → chunked commits."""
+    """Ray Data over ``items``: load (CPU tasks) → teacher, codec and fragment writes (actor pool) → the
+    driver's chunked commits.
+
+    Raises:
+        TeacherFaultError: see :meth:`ChunkCommitter.add`.
+    """
     cache = config.cache
     dataset = ray.data.from_items(items)
     dataset = dataset.map_batches(
@@ -383,24 +456,25 @@ def run_pending(config: D3RConfig, items: list[dict[str, Any]], writer: ChunkWri
     dataset = dataset.map_batches(
         TeacherStage, batch_format="pyarrow", batch_size=cache.batch_size,
         compute=ray.data.ActorPoolStrategy(size=cache.num_actors),
-        num_cpus=actor_cpus(cache.num_actors, num_gpus), num_gpus=num_gpus,
-        # A teacher actor that dies fails the job (committed chunks stay; a rerun resumes) instead of being
-        # restarted forever on a sample that kills it; this also keeps Ray's restartable-actor error line
-        # out of every successful run's log.
-        max_restarts=0,
+        num_cpus=actor_cpus(cache.num_actors, num_gpus, node_cpus()), num_gpus=num_gpus,
+        # A teacher actor that dies (a lost node, a killed process) is restarted and its batch retried: the
+        # fragments of the lost attempt are never committed (orphans, removed at the end). Bounded, so that
+        # a sample that kills its actor every time fails the job instead of restarting it forever.
+        max_restarts=ACTOR_RESTARTS, max_task_retries=ACTOR_RESTARTS,
         fn_constructor_kwargs={"teacher": config.teacher, "cache": cache, "expected_fingerprint": fingerprint,
                                "factory": factory},
     )
     for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
-        writer.add(batch.select(WORK_SCHEMA.names))
-    writer.commit()  # the last, partial chunk
+        committer.add(batch)
+    committer.commit()  # the last, partial chunk
 
 
 def run_cache_job(config: D3RConfig, *, teacher_factory: TeacherFactory = build_teacher) -> CacheSummary:
     """Run the cache job described by ``config`` (see the module docstring) and summarise it.
 
-    ``teacher_factory`` builds the teacher from ``config.teacher`` (default: the registry); it runs
-    once in the driver and once per actor, so it must be picklable.
+    ``teacher_factory`` builds the teacher from ``config.teacher`` (default: the registry, whose teachers
+    are never built on the driver: see :func:`plan_teacher`); it runs in each actor, so it must be
+    picklable.
 
     Raises:
         ConfigError: before any work, for a bad codec, cache.uri, source, bound setting, teacher/checkpoint
@@ -429,19 +503,18 @@ def _safe_samples(uri: str) -> str:
 
 def _run(config: D3RConfig, teacher_factory: TeacherFactory, started: float) -> CacheSummary:
     list_scenes(config.scenes)  # checks scenes.source / scenes.root now
-    teacher = teacher_factory(config.teacher)
-    check_patch_size(config, teacher)
     summary = CacheSummary(uri=config.cache.uri)
     metadata = {CONFIG_KEY: config_to_yaml(config), VERSION_KEY: d3r.__version__}
     store = CacheStore(config.cache.uri)
     with ExitStack() as ray_scope:
         num_gpus = config.cache.num_gpus
-        if num_gpus > 0:  # the fingerprint must come from where the actors will run
+        if num_gpus > 0:  # whether the actors get a GPU (it is in the fingerprint) is the cluster's to say
             ray_scope.enter_context(ray_session(config.ray))
-            num_gpus = teacher_gpus(num_gpus)
-        full_fingerprint = teacher_fingerprint(config, teacher_factory, num_gpus, dict(teacher.fingerprint))
-        check_table_teacher(config, full_fingerprint)
-        fingerprint = fingerprint_id(full_fingerprint)
+            num_gpus = teacher_gpus(num_gpus, config.cache.allow_cpu_fallback)
+        teacher = plan_teacher(config, teacher_factory, num_gpus)
+        check_patch_size(config, teacher)
+        check_table_teacher(config, teacher.fingerprint)
+        fingerprint = fingerprint_id(teacher.fingerprint)
         # Planned before the lock (reads only), so that Ray is reached without holding it; appends drop
         # keys that another job committed meanwhile.
         plan = plan_samples(config, fingerprint, store.done_keys(), store.rejected_keys())
@@ -456,8 +529,10 @@ def _run(config: D3RConfig, teacher_factory: TeacherFactory, started: float) -> 
             if new_list_rejects:
                 summary.rejected[("list", "unusable scene")] += new_list_rejects
             if plan.items:
-                writer = ChunkWriter(store, summary, config.cache.chunk_samples, len(plan.items), metadata, started)
-                run_pending(config, plan.items, writer, fingerprint, teacher_factory, num_gpus)
+                store.prepare_fragments()
+                committer = ChunkCommitter(store, summary, config.cache.chunk_samples, len(plan.items), metadata,
+                                           started)
+                run_pending(config, plan.items, committer, fingerprint, teacher.factory, num_gpus)
             finished = store.finish(metadata)
     summary.version, summary.tag = finished.version, finished.tag
     summary.seconds = time.monotonic() - started

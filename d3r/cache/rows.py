@@ -32,7 +32,7 @@ import pyarrow as pa
 
 SUP_PREFIX = "sup_"
 
-BASE_FIELDS = (
+SAMPLE_FIELDS = (  # what the load stage knows about a sample
     pa.field("key", pa.string(), nullable=False),
     pa.field("sample_id", pa.string(), nullable=False),
     pa.field("scene_id", pa.string()),
@@ -46,11 +46,14 @@ BASE_FIELDS = (
     pa.field("gt_depth", pa.large_binary()),
     pa.field("gt_K", pa.list_(pa.float64())),
     pa.field("gt_poses", pa.list_(pa.float64())),
+)
+TEACHER_FIELDS = (  # what the teacher stage adds (then the codec's sup_* columns)
     pa.field("teacher_fingerprint", pa.string()),
     pa.field("teacher_fingerprint_json", pa.string()),
     pa.field("codec", pa.string()),
     pa.field("codec_version", pa.int32()),
 )
+BASE_FIELDS = (*SAMPLE_FIELDS, *TEACHER_FIELDS)
 
 REJECT_SCHEMA = pa.schema([
     pa.field("key", pa.string(), nullable=False),

@@ -18,17 +18,28 @@ creates holds the file :data:`OWNER_FILE` from before its first commit, and both
 older d3r versions by :data:`CONFIG_KEY`). :func:`check_location` refuses, before any work, a
 ``cache.uri`` whose path (or its rejects' path) holds anything else.
 
-Exactly once: every append first drops rows whose ``key`` the table already holds (re-reading the
-keys whenever the table's version moved since the last look, i.e. someone else committed), so
-even without the lock (object stores) a rerun never duplicates a row; two *simultaneous* unlocked
-writers can still race between that check and their commit.
+Writers and the committer: rows reach a table as *fragments* (:func:`write_fragment`: Lance data files
+that no version references yet), written by whoever holds the rows (the cache job's teacher actors,
+on any node), and become visible when one process commits them (:meth:`KeyedTable.commit`: one Lance
+version per call, ``LanceOperation.Overwrite`` for the version that creates the table, ``Append``
+after). A :class:`WrittenFragment` is all a committer needs: the fragment's metadata (JSON) and the
+keys of its rows.
 
-Versions: each append is one Lance version (the first creates the table). Nothing is ever
+Exactly once: a commit leaves out every fragment holding a key the table already has (or an earlier
+fragment of the same commit has), re-reading the keys whenever the table's version moved since the last
+look (someone else committed); a commit that conflicts with another writer's is retried with a fresh
+read (:data:`COMMIT_ATTEMPTS`). A fragment left out is never rewritten: its files become orphans (the
+cache job writes one sample per fragment, so no other sample is lost). Under the lock nobody else
+commits, so no key is ever committed twice; two *simultaneous* unlocked writers (object stores) can
+still race between that check and their commit.
+
+Versions: each commit is one Lance version (the first creates the table). Nothing is ever
 overwritten, so every version stays readable. Under the lock, files that no version references (left
-by a killed write) are deleted (``cleanup_old_versions(retain_versions=<all>, delete_unverified=True)``)
-when the store opens and right after the commit that creates a table (a kill during that commit
-leaves files no version can reference until then); unlocked (remote) tables are never cleaned.
-:meth:`CacheStore.finish` removes from the rejects the keys now in the cache (a retried item that
+by a killed write or a retried worker) are deleted (``cleanup_old_versions(retain_versions=<all>,
+delete_unverified=True)``; with no version yet, the data files of the d3r-made folder) when the store
+opens and in :meth:`CacheStore.finish`, i.e. never while workers may be writing fragments; unlocked
+(remote) tables are never cleaned.
+:meth:`CacheStore.finish` also removes from the rejects the keys now in the cache (a retried item that
 succeeded), writes the resolved config and d3r version into the schema metadata (keys
 :data:`CONFIG_KEY`, :data:`VERSION_KEY`) when this store wrote rows (a run that wrote nothing leaves
 the record alone; each version keeps the metadata it had), then tags the final version
@@ -39,9 +50,10 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -49,10 +61,11 @@ from typing import IO, Any, Literal
 import lance
 import pyarrow as pa
 import pyarrow.compute as pc
+from lance.commit import CommitConflictError
+from lance.fragment import FragmentMetadata
 
 from d3r.cache.rows import REJECT_SCHEMA
-from d3r.config import ConfigError
-from d3r.entry import JobBusyError
+from d3r.errors import ConfigError, JobBusyError
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +74,7 @@ VERSION_KEY = "d3r.version"
 TABLE_KEY = "d3r.table"
 LATEST_TAG = "latest"
 OWNER_FILE = "d3r-table.txt"
+COMMIT_ATTEMPTS = 5  # commits of one chunk, each after a fresh read, while other writers conflict
 
 TableKind = Literal["cache", "rejects"]
 
@@ -153,6 +167,31 @@ def check_location(uri: str) -> None:
             raise ConfigError(f"cache.uri: {table_uri} is a Lance table d3r did not write; choose another cache.uri")
 
 
+@dataclass(frozen=True)
+class WrittenFragment:
+    """A fragment written but not committed: its Lance ``FragmentMetadata`` as JSON and its rows' keys."""
+
+    keys: tuple[str, ...]
+    metadata: str
+
+
+def write_fragment(rows: pa.Table, uri: str) -> WrittenFragment:
+    """Write ``rows`` (with a ``key`` column) as one uncommitted fragment of the table at ``uri``; it takes
+    part in no version until a :meth:`KeyedTable.commit`.
+
+    Raises:
+        ValueError: when ``rows`` do not fit the existing table's schema.
+    """
+    fragments = lance.fragment.write_fragments(rows, uri, schema=rows.schema, max_rows_per_file=max(rows.num_rows, 1))
+    if len(fragments) != 1:
+        raise RuntimeError(f"{uri}: {rows.num_rows} rows were written as {len(fragments)} fragments, not one")
+    return WrittenFragment(tuple(rows["key"].to_pylist()), json.dumps(fragments[0].to_json()))
+
+
+Committed = tuple[list[WrittenFragment], int | None]
+"""What a commit did: the fragments committed and the new version (None when none was new)."""
+
+
 class KeyedTable:
     """A Lance table whose rows have a unique string ``key``: appends drop keys already present.
 
@@ -180,10 +219,19 @@ class KeyedTable:
         return dataset
 
     def remove_orphan_files(self) -> None:
-        """Delete data files no version references (a killed write's); keeps every version. Only under the
-        lock, and only on a table d3r made."""
+        """Delete data files no version references (a killed write's, a retried worker's); keeps every
+        version. Only under the lock, and only on a table d3r made; with no version yet, the data files
+        in the folder d3r made for it."""
+        if not self.locked or not is_d3r_table(self.uri):
+            return
         dataset = open_dataset(self.uri)
-        if dataset is None or not self.locked or not is_d3r_table(self.uri):
+        if dataset is None:
+            data = local_path(self.uri) / "data"
+            orphans = sorted(data.glob("*.lance")) if data.is_dir() else []
+            for path in orphans:
+                path.unlink()
+            if orphans:
+                logger.info("%s: removed %d data files of a table never committed", self.uri, len(orphans))
             return
         stats = dataset.cleanup_old_versions(
             retain_versions=len(dataset.versions()), delete_unverified=True, error_if_tagged_old_versions=False
@@ -192,9 +240,11 @@ class KeyedTable:
             logger.info("%s: removed %d orphan data files (%d bytes)", self.uri, stats.data_files_removed,
                         stats.bytes_removed)
 
-    def _create_folder(self) -> None:
-        """Make the local table folder with :data:`OWNER_FILE` before the first commit (so a kill during
-        that commit leaves a folder d3r knows as its own)."""
+    def create_folder(self) -> None:
+        """Make the local table folder with :data:`OWNER_FILE` before any fragment is written into it (so a
+        kill before the first commit leaves a folder d3r knows as its own); nothing for remote tables."""
+        if not is_local(self.uri):
+            return
         folder = local_path(self.uri)
         if (folder / OWNER_FILE).is_file():
             return
@@ -204,8 +254,61 @@ class KeyedTable:
             "folders holding this file only.\n"
         )
 
+    def commit(self, fragments: Sequence[WrittenFragment], schema: pa.Schema) -> Committed:
+        """Commit as one version the ``fragments`` none of whose keys the table (or an earlier fragment in
+        ``fragments``) holds; the others are left out (their files become orphans). ``schema`` (the rows'
+        schema, its metadata included) creates the table when there is none yet.
+
+        Returns:
+            (the fragments committed, the new version or None when none was new).
+
+        Raises:
+            ValueError: when ``schema``'s columns differ from the existing table's.
+            CommitConflictError: when other writers conflicted :data:`COMMIT_ATTEMPTS` times.
+        """
+        attempt = 1
+        while True:
+            dataset = self._refresh()
+            self._check_columns(dataset, schema)
+            fresh, keys = [], set()
+            for fragment in fragments:
+                if any(key in self._keys or key in keys for key in fragment.keys):
+                    logger.info("%s: left out a fragment whose key is already committed (%s)", self.uri,
+                                ", ".join(fragment.keys))
+                    continue
+                fresh.append(fragment)
+                keys.update(fragment.keys)
+            if not fresh:
+                return [], None
+            metadata = [FragmentMetadata.from_json(fragment.metadata) for fragment in fresh]
+            try:
+                if dataset is None:
+                    self.create_folder()
+                    operation = lance.LanceOperation.Overwrite(
+                        schema.with_metadata({**_metadata(schema), TABLE_KEY: self.kind}), metadata)
+                    committed = lance.LanceDataset.commit(self.uri, operation)
+                else:
+                    committed = lance.LanceDataset.commit(self.uri, lance.LanceOperation.Append(metadata),
+                                                          read_version=dataset.version)
+            except CommitConflictError:
+                if attempt == COMMIT_ATTEMPTS:
+                    raise
+                logger.warning("%s: commit conflicted with another writer; retrying with a fresh read", self.uri)
+                attempt += 1
+                continue
+            self._keys.update(keys)
+            self._seen_version = committed.version
+            return fresh, committed.version
+
+    def _check_columns(self, dataset: lance.LanceDataset | None, schema: pa.Schema) -> None:
+        if dataset is not None and _schema_signature(dataset.schema) != _schema_signature(schema):
+            diff = sorted(set(_schema_signature(dataset.schema)) ^ set(_schema_signature(schema)))
+            raise ValueError(f"{self.uri}: rows do not match the table's columns (differences: {diff}); "
+                             "write to another uri for another codec")
+
     def append(self, table: pa.Table) -> tuple[pa.Table, int | None]:
-        """Append the rows of ``table`` whose key is new (first occurrence wins) as one version.
+        """Append the rows of ``table`` whose key is new (first occurrence wins) as one version, from this
+        process: one fragment, then :meth:`commit`.
 
         Returns:
             (the rows written, the new version or None when nothing was new).
@@ -213,31 +316,17 @@ class KeyedTable:
         Raises:
             ValueError: when ``table``'s columns differ from the existing table's.
         """
-        dataset = self._refresh()
-        if dataset is not None and _schema_signature(dataset.schema) != _schema_signature(table.schema):
-            theirs, ours = _schema_signature(dataset.schema), _schema_signature(table.schema)
-            diff = sorted(set(theirs) ^ set(ours))
-            raise ValueError(f"{self.uri}: rows do not match the table's columns (differences: {diff}); "
-                             "write to another uri for another codec")
-        keys = table["key"].to_pylist()
-        first = {}
-        for index, key in enumerate(keys):
+        self._check_columns(self._refresh(), table.schema)
+        first: dict[str, int] = {}
+        for index, key in enumerate(table["key"].to_pylist()):
             if key not in self._keys and key not in first:
                 first[key] = index
         if not first:
             return table.slice(0, 0), None
         fresh = table.take(pa.array(sorted(first.values()), type=pa.int64()))
-        if dataset is None:
-            if is_local(self.uri):
-                self._create_folder()
-            fresh = fresh.replace_schema_metadata({**_metadata(fresh.schema), TABLE_KEY: self.kind})
-        written = lance.write_dataset(fresh, self.uri, schema=fresh.schema, mode="create" if dataset is None else
-                                      "append")
-        self._keys.update(first)
-        self._seen_version = written.version
-        if dataset is None:
-            self.remove_orphan_files()
-        return fresh, written.version
+        self.create_folder()
+        committed, version = self.commit([write_fragment(fresh, self.uri)], fresh.schema)
+        return (fresh if committed else fresh.slice(0, 0)), version
 
     def delete_keys(self, keys: set[str]) -> int:
         """Delete the rows whose key is in ``keys`` (one new version when any); returns how many."""
@@ -340,8 +429,22 @@ class CacheStore:
         """Keys of items already in the rejects table."""
         return self.rejects.keys()
 
+    def prepare_fragments(self) -> None:
+        """Make the cache table's folder (local) so that workers can write fragments into it."""
+        self.cache.create_folder()
+
+    def commit(self, fragments: Sequence[WrittenFragment], schema: pa.Schema) -> Committed:
+        """Commit one chunk of worker-written cache fragments as one version (see :meth:`KeyedTable.commit`).
+
+        Returns:
+            (the fragments committed, the new version or None when none was new).
+        """
+        committed, version = self.cache.commit(fragments, schema)
+        self.wrote = self.wrote or version is not None
+        return committed, version
+
     def append(self, rows: pa.Table) -> tuple[pa.Table, int | None]:
-        """Commit one chunk of cache rows (one version); rows whose key exists are dropped.
+        """Commit one chunk of cache rows from this process (one version); rows whose key exists are dropped.
 
         Returns:
             (the rows written, the new version or None when none was new).
@@ -360,7 +463,9 @@ class CacheStore:
     def finish(self, metadata: Mapping[str, str]) -> FinishedCache:
         """Drop from the rejects the keys now cached; record ``metadata`` (e.g. :data:`CONFIG_KEY`,
         :data:`VERSION_KEY`) in the schema when this store wrote rows; tag the final version
-        ``cache-v<version>`` and move ``latest`` to it."""
+        ``cache-v<version>`` and move ``latest`` to it. Under the lock, first remove the files of fragments
+        no version took (retried workers, fragments left out): call it when no worker writes any more."""
+        self.cache.remove_orphan_files()
         resolved = self.rejects.delete_keys(self.cache.keys())
         if resolved:
             logger.info("%s: %d rejected items are now cached; removed them from the rejects", self.uri, resolved)
