@@ -36,6 +36,7 @@ from d3r.cache.store import (
     open_dataset,
     rejects_uri,
     table_metadata,
+    write_fragment,
 )
 from d3r.errors import ConfigError
 
@@ -260,3 +261,22 @@ def test_codec_columns_must_be_named_sup() -> None:
     assert cache_schema(["sup_b", "sup_a"]).names[-2:] == ["sup_a", "sup_b"]
     with pytest.raises(ValueError, match="sup_"):
         cache_schema(["pts3d"])
+
+
+def test_a_commit_leaves_out_fragments_whose_key_is_committed_and_finish_removes_their_files(tmp_path: Path) -> None:
+    uri = str(tmp_path / "cache.lance")
+    schema = cache_schema(SUP)
+    with CacheStore(uri) as store:
+        store.prepare_fragments()
+        first, retried, second = (write_fragment(make_rows([sid]), uri) for sid in ("s1", "s1", "s2"))
+        assert first.keys == retried.keys  # a worker retried: the same sample written twice
+        committed, version = store.commit([first, retried, second], schema)
+        assert (committed, version) == ([first, second], 1)
+        other_chunk = write_fragment(make_rows(["s2"]), uri)  # a later chunk holding a committed key
+        assert store.commit([other_chunk], schema) == ([], None)
+        assert KeyedTable(uri, "cache").commit([write_fragment(make_rows(["s1"]), uri)], schema) == ([], None)
+        assert len(list((Path(uri) / "data").iterdir())) == 5
+        store.finish({})
+    assert sorted(keys_in(uri)) == sorted(cache_key(s, "fp", "test", 1) for s in ["s1", "s2"])
+    referenced = {f.path for fragment in lance.dataset(uri).get_fragments() for f in fragment.data_files()}
+    assert {p.name for p in (Path(uri) / "data").iterdir()} == referenced and len(referenced) == 2
