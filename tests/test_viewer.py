@@ -15,6 +15,7 @@ from PIL import Image
 
 from d3r.infer.reconstruction import Reconstruction, ViewReconstruction
 from d3r.infer.viewer import write_viewer
+from d3r.infer.writers import OPENCV_TO_GLTF, write_glb
 
 BACKGROUND = (22, 24, 29)  # the page's clear colour, #16181d
 
@@ -81,11 +82,50 @@ def test_page_embeds_the_kept_points_and_frustums(tmp_path: Path):
     np.testing.assert_array_equal(np.frombuffer(base64.b64decode(data["rgb"]), np.uint8).reshape(-1, 3), rgb)
     np.testing.assert_array_equal(np.frombuffer(base64.b64decode(data["view"]), "<u2"), view)
     frustums = np.frombuffer(base64.b64decode(data["frustum_xyz"]), "<f4").reshape(-1, 3)
-    assert frustums.shape == (3 * 16, 3)
+    assert frustums.shape == (3 * 22, 3)  # 11 segments a view: pyramid, image rectangle, "up" triangle
     # Each pyramid starts at its camera centre.
     for i, v in enumerate(rec.views):
-        np.testing.assert_allclose(frustums[i * 16], v.c2w[:3, 3], atol=1e-6)
+        np.testing.assert_allclose(frustums[i * 22], v.c2w[:3, 3], atol=1e-6)
     assert data["model"] == "toy" and data["confidence_rule"].startswith("conf >= median")
+
+
+def _glb_frustums(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Each ``frustum_<i>`` mesh of a glTF binary as ``(POSITION [K, 3] float32, COLOR_0 [K, 4] uint8)``, read from
+    its accessors (trimesh loads line primitives without their colours)."""
+    blob = path.read_bytes()
+    length = int.from_bytes(blob[12:16], "little")
+    gltf = json.loads(blob[20:20 + length])
+    binary = blob[20 + length + 8:]  # after the JSON chunk: the BIN chunk's length and type, then its data
+
+    def accessor(index: int, dtype: str, width: int) -> np.ndarray:
+        acc = gltf["accessors"][index]
+        view = gltf["bufferViews"][acc["bufferView"]]
+        start = view.get("byteOffset", 0) + acc.get("byteOffset", 0)
+        return np.frombuffer(binary, dtype, acc["count"] * width, start).reshape(-1, width)
+
+    return {mesh["name"]: (accessor(mesh["primitives"][0]["attributes"]["POSITION"], "<f4", 3),
+                           accessor(mesh["primitives"][0]["attributes"]["COLOR_0"], np.uint8, 4))
+            for mesh in gltf["meshes"] if mesh["name"].startswith("frustum_")}
+
+
+def test_a_view_has_the_same_frustum_and_colour_in_the_glb_and_the_page(tmp_path: Path):
+    rec = _scene(views=4)
+    write_viewer(tmp_path / "v.html", rec)
+    write_glb(tmp_path / "scene.glb", rec)
+    data = _embedded((tmp_path / "v.html").read_text())
+    page_xyz = np.frombuffer(base64.b64decode(data["frustum_xyz"]), "<f4").reshape(-1, 3)
+    page_view = np.frombuffer(base64.b64decode(data["frustum_view"]), "<u2")
+    glb = _glb_frustums(tmp_path / "scene.glb")
+    colours = np.array(data["view_colours"])
+    assert colours.shape == (4, 3) and len(np.unique(colours, axis=0)) == 4
+    for i in range(4):
+        glb_xyz, glb_rgba = glb[f"frustum_{i}"]
+        np.testing.assert_array_equal(glb_rgba, np.tile([*colours[i], 255], (len(glb_rgba), 1)))
+        # The same segments: every end point in one file is an end point in the other (glTF axes converted back).
+        ours, theirs = page_xyz[page_view == i], glb_xyz @ OPENCV_TO_GLTF.T
+        assert len(ours) == 22
+        distance = np.linalg.norm(ours[:, None] - theirs[None], axis=-1)
+        assert distance.min(1).max() < 1e-5 and distance.min(0).max() < 1e-5
 
 
 def test_subsample_is_deterministic_and_said_on_the_page(tmp_path: Path):

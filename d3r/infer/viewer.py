@@ -3,10 +3,12 @@
 The page (template ``viewer.html`` next to this module) needs no network: points, colours, confidences and
 camera frustums travel inside it as base64 typed arrays, and its Content-Security-Policy forbids any fetch.
 Orbit / zoom / pan with mouse or touch, point size, colour by image RGB / confidence / view, frustums on/off.
+Frustums (with their "up" triangle), per-view colours, framing and subsample come from :mod:`d3r.infer.display`,
+as in ``scene.glb``: a view has the same frustum and the same colour in both files.
 
 The URL hash sets the initial view (``#azimuth=40&elevation=20&distance=1.5&size=3&color=confidence&frustums=0``;
 angles in degrees, azimuth 0 and elevation 0 look along the first camera's viewing direction, distance in units of
-the points' framing radius). When the first frame is drawn the page sets ``data-drawn="1"`` on ``<html>``.
+the framing radius). When the first frame is drawn the page sets ``data-drawn="1"`` on ``<html>``.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from d3r.infer.display import FRUSTUM_DEPTH, framing, frustum_segments, subsample, view_colours
 from d3r.infer.reconstruction import Reconstruction
 
 log = logging.getLogger(__name__)
@@ -26,26 +29,12 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_POINTS = 500_000
 """Points embedded at most: about 11 MB of HTML (22 bytes a point), smooth in a laptop's browser."""
 
-SUBSAMPLE_SEED = 0
-"""Seed of the subsample: the same reconstruction gives the same page."""
-
 _DATA_MARK = "/*D3R_DATA*/"
 
 
 def _b64(array: np.ndarray) -> str:
     """Little-endian bytes of ``array`` as base64 (JS typed arrays read the platform's order, little-endian)."""
     return base64.b64encode(np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<")).tobytes()).decode()
-
-
-def subsample(count: int, max_points: int) -> np.ndarray:
-    """Indices of the points the page shows.
-
-    Returns:
-        ``[min(count, max_points)]`` int64, increasing: all points, or a seeded uniform sample without replacement.
-    """
-    if count <= max_points:
-        return np.arange(count)
-    return np.sort(np.random.default_rng(SUBSAMPLE_SEED).choice(count, size=max_points, replace=False))
 
 
 def confidence_ranks(conf: np.ndarray) -> tuple[np.ndarray, list[float]]:
@@ -65,63 +54,39 @@ def confidence_ranks(conf: np.ndarray) -> tuple[np.ndarray, list[float]]:
     return np.round(rank * 255).astype(np.uint8), [float(q) for q in quartiles]
 
 
-def framing(xyz: np.ndarray) -> tuple[np.ndarray, float]:
-    """Centre and radius of the bulk of the points (2nd..98th percentile box), robust to stray points.
-
-    Args:
-        xyz: ``[M, 3]`` points, ``M >= 1``.
-
-    Returns:
-        ``(centre [3] float64, radius)``, radius > 0.
-    """
-    lo, hi = np.percentile(xyz, [2.0, 98.0], axis=0)
-    radius = float(np.linalg.norm(hi - lo) / 2)
-    return (lo + hi) / 2, radius if radius > 0 else 1.0
-
-
 def frustum_lines(rec: Reconstruction, depth: float) -> tuple[np.ndarray, np.ndarray]:
-    """Line segments drawing each view's camera as a pyramid from its centre to its image corners at ``depth``.
+    """Every view's :func:`~d3r.infer.display.frustum_segments` as end-point pairs for ``gl.LINES``.
 
     Returns:
-        ``(xyz [V * 16, 3] float32 segment end points (8 segments a view), view_index [V * 16] uint16)``.
+        ``(xyz [V * 22, 3] float32 segment end points (11 segments a view), view_index [V * 22] uint16)``.
     """
-    segments, index = [], []
+    xyz, index = [np.zeros((0, 3))], [np.zeros(0, np.uint16)]
     for i, view in enumerate(rec.views):
-        width, height = view.size
-        # Image corners: pixel centres at integers, so the image edges lie half a pixel outside them.
-        corners_px = np.array([[-0.5, -0.5, 1], [width - 0.5, -0.5, 1], [width - 0.5, height - 0.5, 1],
-                               [-0.5, height - 0.5, 1]], dtype=np.float64)
-        corners_cam = (np.linalg.inv(view.K) @ corners_px.T).T * depth
-        corners = corners_cam @ view.c2w[:3, :3].T + view.c2w[:3, 3]
-        centre = view.c2w[:3, 3]
-        for k in range(4):
-            segments += [centre, corners[k], corners[k], corners[(k + 1) % 4]]
-        index += [i] * 16
-    if not segments:
-        return np.zeros((0, 3), np.float32), np.zeros(0, np.uint16)
-    return np.asarray(segments, np.float32), np.asarray(index, np.uint16)
+        vertices, segments = frustum_segments(view, depth)
+        xyz.append(vertices[segments.reshape(-1)])
+        index.append(np.full(segments.size, i, np.uint16))
+    return np.concatenate(xyz).astype(np.float32), np.concatenate(index)
 
 
 def viewer_data(rec: Reconstruction, max_points: int = DEFAULT_MAX_POINTS) -> dict:
     """Everything the page draws, as a JSON-ready dict (arrays as base64 little-endian typed arrays).
 
     Keys: ``model``, ``confidence_rule``, ``kept`` (points the rule keeps), ``shown`` (points embedded),
-    ``max_points``, ``views`` (names), ``conf_quartiles``, ``centre``, ``radius``, ``xyz`` (Float32 ``[N*3]``),
-    ``rgb`` (Uint8 ``[N*3]``), ``conf_rank`` (Uint8 ``[N]``), ``view`` (Uint16 ``[N]``), ``frustum_xyz``
-    (Float32 ``[V*16*3]``), ``frustum_view`` (Uint16 ``[V*16]``).
+    ``max_points``, ``views`` (names), ``view_colours`` (``[V][3]`` 0..255, :func:`~d3r.infer.display.view_colours`,
+    as in ``scene.glb``), ``conf_quartiles``, ``centre``, ``radius`` (:func:`~d3r.infer.display.framing`), ``xyz``
+    (Float32 ``[N*3]``), ``rgb`` (Uint8 ``[N*3]``), ``conf_rank`` (Uint8 ``[N]``), ``view`` (Uint16 ``[N]``),
+    ``frustum_xyz`` (Float32 ``[V*22*3]``), ``frustum_view`` (Uint16 ``[V*22]``).
     """
     if max_points < 1:
         raise ValueError(f"max_points must be >= 1, got {max_points}")
     xyz, rgb, conf, view_index = rec.kept_points()
     kept = len(xyz)
+    # Framed on all kept points, as scene.glb is: the frustums are the same in both files.
+    centre, radius = framing(xyz, rec.views)
     pick = subsample(kept, max_points)
     xyz, rgb, conf, view_index = xyz[pick], rgb[pick], conf[pick], view_index[pick]
     conf_rank, quartiles = confidence_ranks(conf)
-    if len(xyz):
-        centre, radius = framing(xyz)
-    else:
-        centre, radius = np.zeros(3), 1.0
-    frustum_xyz, frustum_view = frustum_lines(rec, depth=0.1 * radius)
+    frustum_xyz, frustum_view = frustum_lines(rec, depth=FRUSTUM_DEPTH * radius)
     return {
         "model": rec.model,
         "confidence_rule": rec.confidence_rule,
@@ -129,6 +94,7 @@ def viewer_data(rec: Reconstruction, max_points: int = DEFAULT_MAX_POINTS) -> di
         "shown": int(len(pick)),
         "max_points": int(max_points),
         "views": [v.name for v in rec.views],
+        "view_colours": view_colours(len(rec.views)).tolist(),
         "conf_quartiles": quartiles,
         "centre": [float(c) for c in centre],
         "radius": float(radius),

@@ -6,9 +6,10 @@
   model's unit. Blender, MeshLab and CloudCompare read the standard properties and keep the other two as
   scalar fields.
 - :func:`write_glb`: glTF binary scene (trimesh): node ``points`` (the kept points, their colours) and one
-  node ``frustum_<i>`` per view (lines: apex at the camera centre, the image rectangle at a depth of
-  :data:`FRUSTUM_SCALE` x the scene's extent, a triangle over the image's top edge marking "up"), coloured
-  per view (matplotlib ``turbo`` along the input order). **Axes:** glTF is y up with cameras looking down
+  node ``frustum_<i>`` per view (:func:`d3r.infer.display.frustum_segments`: apex at the camera centre, the
+  image rectangle at a depth of :data:`d3r.infer.display.FRUSTUM_DEPTH` x the framing radius, a triangle over
+  the image's top edge marking "up"), in the view's :func:`d3r.infer.display.view_colours` colour (the viewer
+  draws the same frustums in the same colours). **Axes:** glTF is y up with cameras looking down
   -z; d3r's world is OpenCV (y down, z forward). Every coordinate is converted by ``(x, y, z) → (x, -y, -z)``
   (a 180° turn about x, no mirroring), so view 0 looks down -z with its image up along +y, the way
   glTF viewers frame a scene.
@@ -27,9 +28,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from d3r.geometry import pixels_to_points, transform_points
 from d3r.infer.depth_maps import read_depth_map, write_depth_maps
-from d3r.infer.reconstruction import Reconstruction, ViewReconstruction
+from d3r.infer.display import FRUSTUM_DEPTH, framing, frustum_segments, subsample, view_colours
+from d3r.infer.reconstruction import Reconstruction
 from d3r.scenes.colmap import colmap_K, write_colmap_model
 from d3r.scenes.images import IMAGE_SUFFIXES
 
@@ -38,7 +39,6 @@ __all__ = ["read_depth_map", "write_cameras_json", "write_colmap", "write_depth_
 logger = logging.getLogger(__name__)
 
 COLMAP_MAX_POINTS = 200_000  # points3D cap: enough to seed Gaussian splatting, small enough to load fast
-FRUSTUM_SCALE = 0.05  # frustum depth as a fraction of the scene's extent (robust bounding-box diagonal)
 OPENCV_TO_GLTF = np.diag([1.0, -1.0, -1.0])  # (x, y, z) OpenCV → (x, -y, -z) glTF: y up, cameras look down -z
 
 
@@ -59,57 +59,23 @@ def write_ply(path: Path, rec: Reconstruction) -> int:
     return len(vertices)
 
 
-def _scene_extent(xyz: np.ndarray, centres: np.ndarray) -> float:
-    """Diagonal of the box holding the 2nd–98th percentile of ``xyz [M, 3]`` and all camera ``centres [N, 3]``."""
-    parts = [centres]
-    if len(xyz):
-        parts.append(np.percentile(xyz, [2.0, 98.0], axis=0))
-    box = np.concatenate(parts)
-    extent = float(np.linalg.norm(box.max(0) - box.min(0)))
-    return extent if np.isfinite(extent) and extent > 0 else 1.0
-
-
-def _frustum_lines(view: ViewReconstruction, depth: float) -> tuple[np.ndarray, np.ndarray]:
-    """A camera's frustum as line segments in world coordinates (OpenCV).
-
-    Returns:
-        ``(vertices [8, 3] float64, segments [11, 2] int)``: apex, the four image corners at z = ``depth``
-        (top-left, top-right, bottom-right, bottom-left) and a triangle (two base points, tip) over the top edge.
-    """
-    width, height = view.size
-    left, top, right, bottom = -0.5, -0.5, width - 0.5, height - 0.5  # image edges (pixel centres at integers)
-    marker = 0.3 * min(width, height)
-    centre_u = (width - 1) / 2
-    uv = np.array([[left, top], [right, top], [right, bottom], [left, bottom],
-                   [centre_u - marker / 2, top - 0.1 * marker], [centre_u + marker / 2, top - 0.1 * marker],
-                   [centre_u, top - 0.6 * marker]])
-    corners = pixels_to_points(view.K, uv, np.full(len(uv), depth))
-    camera = np.concatenate([np.zeros((1, 3)), corners])
-    segments = np.array([[0, 1], [0, 2], [0, 3], [0, 4], [1, 2], [2, 3], [3, 4], [4, 1], [5, 6], [6, 7], [7, 5]])
-    return transform_points(view.c2w, camera), segments
-
-
 def write_glb(path: Path, rec: Reconstruction) -> None:
     """Write the kept points and one frustum per view as a glTF binary (axes converted: see the module)."""
-    import matplotlib
     import trimesh
     from trimesh.path.entities import Line
 
     xyz, rgb, _, _ = rec.kept_points()
-    centres = np.array([view.c2w[:3, 3] for view in rec.views], dtype=np.float64)
-    depth = FRUSTUM_SCALE * _scene_extent(xyz, centres)
+    depth = FRUSTUM_DEPTH * framing(xyz, rec.views)[1]
     scene = trimesh.Scene()
     if len(xyz):
         colours = np.concatenate([rgb, np.full((len(rgb), 1), 255, np.uint8)], axis=1)
         scene.add_geometry(trimesh.PointCloud(xyz.astype(np.float64) @ OPENCV_TO_GLTF.T, colors=colours),
                            geom_name="points", node_name="points")
-    colormap = matplotlib.colormaps["turbo"]
-    for i, view in enumerate(rec.views):
-        vertices, segments = _frustum_lines(view, depth)
-        colour = np.array(colormap(i / max(len(rec.views) - 1, 1)), dtype=np.float64) * 255
+    for i, (view, colour) in enumerate(zip(rec.views, view_colours(len(rec.views)), strict=True)):
+        vertices, segments = frustum_segments(view, depth)
         frustum = trimesh.path.Path3D(entities=[Line(segment) for segment in segments],
                                       vertices=vertices @ OPENCV_TO_GLTF.T,
-                                      colors=np.tile(np.rint(colour).astype(np.uint8), (len(segments), 1)),
+                                      colors=np.tile(colour, (len(segments), 1)),
                                       metadata={"view": view.name})
         scene.add_geometry(frustum, geom_name=f"frustum_{i}", node_name=f"frustum_{i}")
     Path(path).write_bytes(scene.export(file_type="glb"))
@@ -194,13 +160,6 @@ def colmap_image_names(rec: Reconstruction) -> list[str]:
     return names
 
 
-def _subsample(count: int, cap: int) -> np.ndarray:
-    """``[min(count, cap)]`` sorted indices: all of ``range(count)``, or ``cap`` of them drawn uniformly (seed 0)."""
-    if count <= cap:
-        return np.arange(count)
-    return np.sort(np.random.default_rng(0).choice(count, size=cap, replace=False))
-
-
 def write_colmap(folder: Path, rec: Reconstruction) -> None:
     """Write a COLMAP scene into ``folder``, the layout Gaussian-splatting trainers (3DGS ``-s folder``,
     gsplat ``--data_dir folder``), COLMAP's own tools and :func:`d3r.scenes.colmap.read_colmap_scene` read::
@@ -210,7 +169,7 @@ def write_colmap(folder: Path, rec: Reconstruction) -> None:
         folder/sparse/0/cameras.bin     PINHOLE cameras (views of one size and K share one; sizes may differ)
         folder/sparse/0/images.bin      one image per view: world-to-camera pose, camera id, NAME
         folder/sparse/0/points3D.bin    the kept points with their colours, at most COLMAP_MAX_POINTS of them
-                                        (a uniform random subset, seed 0, when there are more), no tracks
+                                        (:func:`d3r.infer.display.subsample` when there are more), no tracks
         folder/sparse/0/{rigs,frames}.bin   pycolmap's trivial rigs and frames (COLMAP >= 3.12; others ignore them)
 
     ``NAME`` is :func:`colmap_image_names`; JPEG images are re-encoded at quality 95, others are lossless.
@@ -224,7 +183,7 @@ def write_colmap(folder: Path, rec: Reconstruction) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(view.image).save(path, **({"quality": 95} if path.suffix.lower() in (".jpg", ".jpeg") else {}))
     xyz, rgb, _, _ = rec.kept_points()
-    chosen = _subsample(len(xyz), COLMAP_MAX_POINTS)
+    chosen = subsample(len(xyz), COLMAP_MAX_POINTS)
     write_colmap_model(folder / "sparse" / "0", names, [view.size for view in rec.views],
                        np.stack([view.K for view in rec.views]), np.stack([view.c2w for view in rec.views]),
                        xyz[chosen], rgb[chosen])
