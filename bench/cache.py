@@ -13,12 +13,18 @@
   Fast3R with random weights (tiny at 224x512, release at 224x224) on synthetic rooms, where d3r-v1 must fall
   back to plain values and cost no more than fp16.
 
-- ``pipeline``: end-to-end samples/s of the Ray cache job (``run_cache_job``) divided by a bare loop that
-  only calls the same teacher on the same preprocessed samples, tiny and release Fast3R (random weights)
-  on CPU at small sizes, with the difference accounted for (teacher builds, loading, encoding, the rest).
+- ``pipeline``: what the driver holds (peak RSS and bytes of results received against 8, 32 and 128
+  samples of the tiny teacher; ``--before COMMIT`` also runs the d3r of that commit, e.g. the pipeline
+  whose driver wrote every row), then end-to-end samples/s of the Ray cache job (``run_cache_job``)
+  divided by a bare loop that only calls the same teacher on the same preprocessed samples: tiny and
+  release Fast3R (random weights) on CPU at small sizes with 1 actor, and the release one with 2 actors
+  on a 2-node local cluster, with the difference accounted for (teacher build, loading, encoding, the rest).
+- ``gpu`` (``--gpu``, needs CUDA): the release teacher at 20 views x 512x384, bf16, one actor per GPU,
+  against the bare loop on one GPU (goal: ratio >= 0.9).
 
-Usage: ``python bench/cache.py [--section codec|pipeline] [--scenes 3] [--views 8]``; prints markdown tables and
-writes its sections into ``bench/results/cache.md`` (other sections of that file are kept).
+Usage: ``python bench/cache.py [--section codec|pipeline|gpu] [--before COMMIT] [--scenes 3] [--views 8]``;
+prints markdown tables and writes its sections into ``bench/results/cache.md`` (other sections of that file
+are kept).
 """
 
 from __future__ import annotations
@@ -33,10 +39,12 @@ import datetime as dt  # noqa: E402
 import io  # noqa: E402
 import json  # noqa: E402
 import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
+from dataclasses import dataclass, replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import lance  # noqa: E402
@@ -55,6 +63,7 @@ from d3r.teachers.base import build_teacher  # noqa: E402
 from d3r.teachers.oracle import OracleParams, oracle_outputs, sample_generator  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "cache.md"
+REPO = Path(__file__).resolve().parents[1]
 SIZE = (518, 224)  # (W, H), as the paper's cache
 CONF_PERCENTILE = 15.0
 
@@ -363,30 +372,51 @@ def codec_section(args: argparse.Namespace) -> str:
 
 @dataclass(frozen=True)
 class PipelineCase:
-    """One row of the pipeline-efficiency table: a Fast3R preset (random weights) on square synthetic views."""
+    """One row of the pipeline-efficiency table: a Fast3R preset (random weights) on square synthetic views,
+    ``actors`` teacher actors on a local Ray cluster of ``nodes`` nodes (2 CPUs each)."""
 
     label: str
     preset: str
     views: int
     size: int
     samples: int
+    actors: int = 1
+    nodes: int = 1
+    num_gpus: float = 0.0
+    dtype: str = "float32"
+
+    @property
+    def height(self) -> int:
+        """CPU cases render square views, GPU cases 4:3 ones (512x384)."""
+        return self.size * 3 // 4 if self.num_gpus else self.size
 
 
 PIPELINE_CASES = (
     PipelineCase("Fast3R tiny", "tiny", views=4, size=64, samples=8),
     PipelineCase("Fast3R release", "release", views=2, size=224, samples=12),
+    PipelineCase("Fast3R release, 2 actors on 2 nodes", "release", views=2, size=224, samples=12, actors=2, nodes=2),
 )
+DRIVER_SAMPLES = (8, 32, 128)
+DRIVER_CASE = PipelineCase("Fast3R tiny", "tiny", views=4, size=128, samples=0)
+GPU_CASE = PipelineCase("Fast3R release, 1 actor per GPU", "release", views=20, size=512, samples=8, num_gpus=1.0,
+                        dtype="bfloat16")
+
+
+def pipeline_argv(case: PipelineCase, checkpoint: Path, uri: str, samples: int | None = None) -> list[str]:
+    """The job's command-line overrides: two samples per synthetic room, batch 1, chunks of 4 samples."""
+    samples = samples or case.samples
+    return [
+        "--scenes.num_scenes", str(samples // 2), "--scenes.views_per_scene", str(2 * case.views),
+        "--scenes.render_size", f"[{case.size},{case.height}]", "--scenes.long_side", str(case.size),
+        "--scenes.views_per_sample", str(case.views), "--scenes.stride", "1", "--scenes.max_samples_per_scene", "2",
+        "--teacher.name", "fast3r", "--teacher.preset", case.preset, "--teacher.checkpoint", str(checkpoint),
+        "--teacher.dtype", case.dtype, "--cache.uri", uri, "--cache.batch_size", "1",
+        "--cache.num_actors", str(case.actors), "--cache.num_gpus", str(case.num_gpus), "--cache.chunk_samples", "4",
+    ]
 
 
 def pipeline_config(case: PipelineCase, checkpoint: Path, uri: str) -> D3RConfig:
-    """Two samples per synthetic room, one teacher actor, batch 1, chunks of 4 samples."""
-    return load_config(None, [
-        "--scenes.num_scenes", str(case.samples // 2), "--scenes.views_per_scene", str(2 * case.views),
-        "--scenes.render_size", f"[{case.size},{case.size}]", "--scenes.long_side", str(case.size),
-        "--scenes.views_per_sample", str(case.views), "--scenes.stride", "1", "--scenes.max_samples_per_scene", "2",
-        "--teacher.name", "fast3r", "--teacher.preset", case.preset, "--teacher.checkpoint", str(checkpoint),
-        "--cache.uri", uri, "--cache.batch_size", "1", "--cache.num_actors", "1", "--cache.chunk_samples", "4",
-    ], environ={})
+    return load_config(None, pipeline_argv(case, checkpoint, uri), environ={})
 
 
 @dataclass
@@ -416,6 +446,9 @@ def bare_loop(config: D3RConfig) -> BareLoop:
             inputs.append(torch.from_numpy(np.stack([v.image for v in views])).permute(0, 3, 1, 2)[None].contiguous())
     times.load = time.perf_counter() - start
     outputs = []
+    if torch.cuda.is_available():
+        teacher.predict(inputs[0])  # warm-up: kernels, allocator
+        torch.cuda.synchronize()
     start = time.perf_counter()
     for images in inputs:
         outputs.append({key: value[0].numpy() for key, value in teacher.predict(images).items()})
@@ -428,73 +461,206 @@ def bare_loop(config: D3RConfig) -> BareLoop:
     return times
 
 
-def pipeline_section(args: argparse.Namespace) -> str:
-    """The pipeline-efficiency section (markdown): Ray job samples/s over a bare teacher loop's."""
+def efficiency_rows(cases: tuple[PipelineCase, ...], directory: Path, cpus_per_node: int) -> tuple[list, list]:
+    """Run each case's job on a local Ray cluster (``ray.cluster_utils.Cluster``, nodes of ``cpus_per_node``
+    CPUs, driven from this process) and its bare loop; the table rows and notes."""
     import ray
     import torch
+    from ray.cluster_utils import Cluster
 
     from d3r.cache.pipeline import run_cache_job
     from d3r.teachers.fast3r import build_fast3r, save_fast3r
 
-    rows, notes = [], []
-    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    rows, notes, bare_cache = [], [], {}
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": cpus_per_node, "include_dashboard": False})
     try:
-        with tempfile.TemporaryDirectory() as tmp:
-            for i, case in enumerate(PIPELINE_CASES):
-                torch.manual_seed(0)
-                checkpoint = save_fast3r(build_fast3r(case.preset), Path(tmp) / f"{case.preset}-weights")
-                config = pipeline_config(case, checkpoint, str(Path(tmp) / f"pipeline{i}.lance"))
-                start = time.perf_counter()
-                summary = run_cache_job(config)
-                job = time.perf_counter() - start
-                bare = bare_loop(config)
-                shutil.rmtree(checkpoint)
-                n = summary.written
-                ratio = (n / job) / (n / bare.predict)
-                rest = job - bare.predict - 2 * bare.build - bare.encode
-                fixed = job - bare.predict - bare.encode
+        ray.init(address=cluster.address, log_to_driver=False)
+        for i, case in enumerate(cases):
+            while len(ray.nodes()) < case.nodes:
+                cluster.add_node(num_cpus=cpus_per_node)
+                cluster.wait_for_nodes()
+            torch.manual_seed(0)
+            checkpoint = save_fast3r(build_fast3r(case.preset), directory / f"{case.preset}-weights-{i}")
+            config = pipeline_config(case, checkpoint, str(directory / f"pipeline{i}.lance"))
+            start = time.perf_counter()
+            summary = run_cache_job(config)
+            job = time.perf_counter() - start
+            key = (case.preset, case.views, case.size)
+            bare = bare_cache.get(key) or bare_loop(config)  # the same bare loop for 1 and 2 actors
+            bare_cache[key] = bare
+            shutil.rmtree(checkpoint)
+            n = summary.written
+            ratio = (n / job) / (n / bare.predict)
+            rest = job - bare.predict / case.actors - bare.build - bare.encode / case.actors
+            fixed = job - (bare.predict + bare.encode) / case.actors
+            if case.actors == 1:
                 projected = 100 * bare.predict / n / (fixed + 100 * (bare.predict + bare.encode) / n)
                 notes.append(
                     f"- {case.label}: {bare.predict / n:.2f} s of teacher per sample; the job's fixed cost "
                     f"(job − predict − encode = {fixed:.1f} s) is {fixed * n / bare.predict:.0f} samples' worth of "
                     f"teacher time. If it stays fixed, 100 samples would give a ratio of {projected:.2f} "
-                    "(a projection from these timings, not a measurement)"
-                )
-                rows.append(
-                    f"| {case.label} | {case.views} x {case.size}x{case.size} | {n} | {job:.1f} | {n / job:.3f} | "
-                    f"{bare.predict:.1f} | {n / bare.predict:.3f} | **{ratio:.2f}** | {2 * bare.build:.1f} | "
-                    f"{bare.load:.1f} | {bare.encode:.1f} | {rest:.1f} |"
-                )
+                    "(a projection from these timings, not a measurement)")
+            rows.append(
+                f"| {case.label} | {case.actors} / {case.nodes} | {case.views} x {case.size}x{case.height} | {n} | "
+                f"{job:.1f} | {n / job:.3f} | {bare.predict:.1f} | {n / bare.predict:.3f} | **{ratio:.2f}** | "
+                f"{bare.build:.1f} | {bare.load:.1f} | {bare.encode:.1f} | {rest:.1f} |")
     finally:
         ray.shutdown()
+        cluster.shutdown()
+    return rows, notes
+
+
+DRIVER_JOB = """
+import json, resource, sys
+import ray
+from d3r.cache import pipeline
+from d3r.config import load_config
+
+received = 0
+committer = getattr(pipeline, "ChunkCommitter", None) or pipeline.ChunkWriter  # after / before
+add = committer.add
+def counting_add(self, batch):
+    global received
+    received += batch.nbytes
+    return add(self, batch)
+committer.add = counting_add
+ray.init(address=sys.argv[1], log_to_driver=False, runtime_env={"env_vars": json.loads(sys.argv[2])})
+summary = pipeline.run_cache_job(load_config(None, sys.argv[4:], environ={}))
+print(json.dumps({"written": summary.written, "received": received,
+                  "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}), file=open(sys.argv[3], "w"))
+"""
+
+
+def driver_rows(directory: Path, before: Path | None) -> list[str]:
+    """Driver peak RSS and bytes received for :data:`DRIVER_SAMPLES` samples of the tiny teacher, each job in
+    its own driver process on one local Ray cluster; ``before``: a tree of the previous pipeline's d3r."""
+    import torch
+    from ray.cluster_utils import Cluster
+
+    from d3r.teachers.fast3r import build_fast3r, save_fast3r
+
+    torch.manual_seed(0)
+    checkpoint = save_fast3r(build_fast3r(DRIVER_CASE.preset), directory / "driver-weights")
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": os.cpu_count(), "include_dashboard": False})
+    versions = [("after (workers write)", None)] + ([("before (driver writes)", before)] if before else [])
+    results: dict[tuple[str, int], dict] = {}
+    try:
+        for label, tree in versions:
+            env = {**os.environ, "PYTHONPATH": str(tree)} if tree else dict(os.environ)
+            env.pop("RAY_ADDRESS", None)
+            for n in DRIVER_SAMPLES:
+                uri, out = directory / f"driver-{len(results)}.lance", directory / f"driver-{len(results)}.json"
+                argv = pipeline_argv(DRIVER_CASE, checkpoint, str(uri), n)
+                workers = json.dumps({"PYTHONPATH": str(tree)} if tree else {})
+                subprocess.run([sys.executable, "-c", DRIVER_JOB, cluster.address, workers, str(out), *argv],
+                               env=env, check=True, cwd=directory, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                results[(label, n)] = json.loads(out.read_text())
+    finally:
+        cluster.shutdown()
+    rows = []
+    for label, _ in versions:
+        cells = [results[(label, n)] for n in DRIVER_SAMPLES]
+        assert all(c["written"] == n for c, n in zip(cells, DRIVER_SAMPLES, strict=True)), cells
+        rows.append(f"| {label} | " + " | ".join(f"{c['peak_rss'] / 2**20:.0f}" for c in cells) + " | "
+                    + " | ".join(f"{c['received'] / 1e3:.0f}" for c in cells) + " | "
+                    + " | ".join(f"{c['received'] / n:.0f}" for c, n in zip(cells, DRIVER_SAMPLES, strict=True))
+                    + " |")
+    return rows
+
+
+def previous_pipeline(directory: Path, commit: str) -> Path:
+    """The ``d3r`` package as of ``commit`` (``git archive``), for the before/after driver table."""
+    tree = directory / "before"
+    tree.mkdir()
+    archive = subprocess.run(["git", "archive", commit, "d3r"], cwd=REPO, check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    return tree
+
+
+def pipeline_section(args: argparse.Namespace) -> str:
+    """The pipeline sections (markdown): driver memory and bytes against samples, then the Ray job's
+    samples/s over a bare teacher loop's."""
+    if args.before:
+        args.before = subprocess.run(["git", "rev-parse", "--short", args.before], cwd=REPO, check=True,
+                                     capture_output=True, text=True).stdout.strip()
+    with tempfile.TemporaryDirectory() as tmp:
+        before = previous_pipeline(Path(tmp), args.before) if args.before else None
+        driver = driver_rows(Path(tmp), before)
+        rows, notes = efficiency_rows(PIPELINE_CASES, Path(tmp), cpus_per_node=2)
+    n = DRIVER_SAMPLES
     return "\n".join([
+        "## Pipeline: what the driver holds",
+        "",
+        f"- date: {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- machine: {describe_machine(extra='pylance ' + lance.__version__)}",
+        f"- job: `run_cache_job`, {DRIVER_CASE.label} (random weights), {DRIVER_CASE.views} views x "
+        f"{DRIVER_CASE.size}x{DRIVER_CASE.size} per sample, 1 actor, batch 1, chunks of 4 samples, codec d3r-v1; "
+        "each job in a fresh driver process connected to one local Ray cluster started beforehand",
+        "- peak RSS: the driver process's `ru_maxrss` (imports and `ray.init` included); bytes received: the "
+        "Arrow bytes of every result batch the driver's committer was handed",
+        "- *before*: the pipeline of commit " + (args.before or "-") + " (the driver received each sample's "
+        "images and encoded supervision and wrote the rows); *after*: workers write Lance fragments and "
+        "return their metadata",
+        "",
+        "| pipeline | " + " | ".join(f"peak RSS MiB, {k} samples" for k in n) + " | "
+        + " | ".join(f"kB received, {k}" for k in n) + " | " + " | ".join(f"bytes/sample, {k}" for k in n) + " |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        *driver,
+        "",
         "## Pipeline efficiency",
         "",
         f"- date: {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}",
         f"- machine: {describe_machine(threads=1, extra='pylance ' + lance.__version__)}",
-        "- job: `run_cache_job` end to end (driver teacher build and fingerprint, listing, Ray Data load tasks, "
-        "one teacher actor with batch 1, codec d3r-v1, Lance commits of 4 samples, tag) on a local Ray started "
-        "once beforehand; Fast3R with random weights saved as safetensors + config.json; synthetic rooms, "
-        "2 samples per room",
+        "- job: `run_cache_job` end to end (fingerprint from the config and the checkpoint's hash, listing, Ray "
+        "Data load tasks, teacher actors with batch 1 writing Lance fragments, codec d3r-v1, the driver's "
+        "commits of 4 samples, tag) on a local `ray.cluster_utils.Cluster` of 2-CPU nodes started beforehand "
+        "(each actor gets 1 CPU, so one torch thread); Fast3R with random weights saved as safetensors + "
+        "config.json; synthetic rooms, 2 samples per room",
         "- baseline: a bare loop in this process calling the same teacher's `predict` on the same preprocessed "
-        "samples, batch 1, no I/O; the same run. Both use one torch thread (this script pins OMP to 1 thread; "
-        "Ray gives a 1-CPU actor `OMP_NUM_THREADS=1`)",
-        "- ratio = job samples/s / bare-loop samples/s (target >= 0.9 once the teacher dominates). The last four "
-        "columns account for the difference, timed serially here: the teacher is built twice in the job "
-        "(driver: checkpoint check + fingerprint; actor), samples are loaded and rendered (in parallel Ray tasks "
-        "in the job, so partly hidden), each output is encoded in the actor; *rest* = job − predict − 2 builds − "
-        "encode: Ray Data start-up, worker and actor processes, object transfers, Lance commits",
+        "samples, batch 1, no I/O, one torch thread (this script pins OMP to 1 thread); the same run",
+        "- ratio = job samples/s / bare-loop samples/s (target >= 0.9 once the teacher dominates; with 2 actors "
+        "the bare loop is still one thread, so 2 is the ideal). The last four columns account for the "
+        "difference, timed serially here: the teacher build (once per actor; the driver builds none), loading "
+        "and rendering (in parallel Ray tasks in the job, so partly hidden), encoding (in the actors); *rest* = "
+        "job − (predict + encode) / actors − build: Ray Data start-up, worker and actor processes, object "
+        "transfers, fragment writes and commits",
         "",
-        "| teacher | views x size | samples | job s | job samples/s | bare predict s | bare samples/s | ratio | "
-        "2 x teacher build s | load s | encode s | rest s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| teacher | actors / nodes | views x size | samples | job s | job samples/s | bare predict s | "
+        "bare samples/s | ratio | teacher build s | load s | encode s | rest s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         *rows,
         "",
         *notes,
     ])
 
 
-SECTIONS: dict[str, Callable[[argparse.Namespace], str]] = {"codec": codec_section, "pipeline": pipeline_section}
+def gpu_section(args: argparse.Namespace) -> str:
+    """Pipeline efficiency on the GPUs of this machine: :data:`GPU_CASE` with one actor per GPU (markdown)."""
+    import torch
+
+    case = replace(GPU_CASE, actors=torch.cuda.device_count(), samples=GPU_CASE.samples * torch.cuda.device_count())
+    with tempfile.TemporaryDirectory() as tmp:
+        rows, notes = efficiency_rows((case,), Path(tmp), cpus_per_node=os.cpu_count() or 1)
+    return "\n".join([
+        "## Pipeline efficiency (GPU)",
+        "",
+        f"- date: {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- machine: {describe_machine(extra='pylance ' + lance.__version__)}",
+        f"- {case.label}: {case.views} views x 512x384, bf16, batch 1, {case.samples} samples, "
+        "`cache.num_gpus 1`; baseline: the bare loop on one GPU after one warm-up call. Goal: ratio >= 0.9 "
+        "per actor",
+        "",
+        "| teacher | actors / nodes | views x size | samples | job s | job samples/s | bare predict s | "
+        "bare samples/s | ratio | teacher build s | load s | encode s | rest s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+        *notes,
+    ])
+
+
+SECTIONS: dict[str, Callable[[argparse.Namespace], str]] = {"codec": codec_section, "pipeline": pipeline_section,
+                                                          "gpu": gpu_section}
 
 
 def main() -> None:
@@ -502,8 +668,18 @@ def main() -> None:
     parser.add_argument("--section", choices=[*SECTIONS, "all"], default="all")
     parser.add_argument("--scenes", type=int, default=3, help="synthetic rooms (one sample each)")
     parser.add_argument("--views", type=int, default=8, help="views per sample")
+    parser.add_argument("--before", default=None, help="pipeline section: also measure the driver of the d3r of "
+                        "this commit (e.g. the commit before workers wrote fragments)")
+    parser.add_argument("--gpu", action="store_true", help="the GPU section (same as --section gpu; needs CUDA)")
     args = parser.parse_args()
-    names = list(SECTIONS) if args.section == "all" else [args.section]
+    if args.gpu:
+        args.section = "gpu"
+    if args.section == "gpu":
+        import torch
+
+        if not torch.cuda.is_available():
+            parser.error("the GPU section needs a CUDA device; torch sees none (nothing run, results unchanged)")
+    names = [name for name in SECTIONS if name != "gpu"] if args.section == "all" else [args.section]
     sections = [SECTIONS[name](args) for name in names]
     for section in sections:
         print(section)
