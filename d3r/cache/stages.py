@@ -162,9 +162,6 @@ class _Rows:
             row.update({f"has_{name}": present[name][i] for name in present})
         self.small = small
 
-    def __len__(self) -> int:
-        return len(self.small)
-
     def group_key(self, i: int) -> tuple:
         """Rows that can share one teacher call: same N, H, W and the same ground truth available."""
         row = self.small[i]
@@ -203,6 +200,7 @@ class TeacherStage:
         self.teacher_config = teacher
         self.codec = get_codec(cache.codec)
         self.cache = cache
+        self.teacher: Teacher | None = None  # None after an out-of-memory: rebuilt smaller by the next call
         try:
             self.teacher = self._build(teacher)
         except ConfigError as exc:  # reported per batch (see the module docstring)
@@ -268,24 +266,28 @@ class TeacherStage:
         truths = [rows.ground_truth(i) for i in group]
         gt = {name: None if truths[0][name] is None else torch.from_numpy(np.stack([t[name] for t in truths]))
               for name in ("depth", "K", "poses")}
-        outputs = self._retrying(lambda: self.teacher.predict(images, **gt),
+        outputs = self._retrying(lambda: self._teacher().predict(images, **gt),
                                  [rows.small[i]["sample_id"] for i in group], out_of_memory=self._shrink)
         arrays = {key: outputs[key].detach().cpu().float().numpy() for key in OUTPUT_KEYS}
         return [{key: arrays[key][b] for key in OUTPUT_KEYS} for b in range(len(group))]
 
+    def _teacher(self) -> Teacher:
+        if self.teacher is None:
+            self.teacher = self._build(self.teacher_config)
+        return self.teacher
+
     def _shrink(self) -> None:
-        """After an out-of-memory: rebuild the teacher with ``teacher.view_chunk`` halved (down to 1; the
-        chunk bounds memory only, the fingerprint stays) and free the CUDA cache."""
+        """After an out-of-memory: drop the teacher, to be rebuilt (by :meth:`_teacher`, within the retried
+        call) with ``teacher.view_chunk`` halved, down to 1 (the chunk bounds memory only: the fingerprint
+        stays); free the CUDA cache."""
         chunk = self.teacher_config.view_chunk
         if chunk > 1:
             logger.warning("teacher out of memory: rebuilding it with teacher.view_chunk %d -> %d", chunk, chunk // 2)
             self.teacher_config = self.teacher_config.model_copy(update={"view_chunk": chunk // 2})
-            del self.teacher
+            self.teacher = None
             gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        if chunk > 1:
-            self.teacher = self._build(self.teacher_config)
 
     @staticmethod
     def _retrying(action: Callable[[], Any], sample_ids: Sequence[str],
