@@ -16,6 +16,7 @@ import lance
 import numpy as np
 import pyarrow as pa
 import pytest
+from lance.commit import CommitConflictError
 
 from d3r.cache.rows import (
     cache_key,
@@ -280,3 +281,33 @@ def test_a_commit_leaves_out_fragments_whose_key_is_committed_and_finish_removes
     assert sorted(keys_in(uri)) == sorted(cache_key(s, "fp", "test", 1) for s in ["s1", "s2"])
     referenced = {f.path for fragment in lance.dataset(uri).get_fragments() for f in fragment.data_files()}
     assert {p.name for p in (Path(uri) / "data").iterdir()} == referenced and len(referenced) == 2
+
+
+def test_a_conflicting_commit_is_retried_with_a_fresh_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    uri = str(tmp_path / "cache.lance")
+    schema = cache_schema(SUP)
+    table = KeyedTable(uri, "cache")
+    table.append(make_rows(["s1"]))
+    commit = lance.LanceDataset.commit
+    calls = []
+
+    def conflicting(*args: object, **kwargs: object) -> lance.LanceDataset:
+        calls.append(kwargs.get("read_version"))
+        if len(calls) == 1:  # another writer commits s2 between our read and our commit (its commit: calls[1])
+            KeyedTable(uri, "cache").append(make_rows(["s2"]))
+            raise CommitConflictError("conflict")
+        return commit(*args, **kwargs)
+
+    monkeypatch.setattr(lance.LanceDataset, "commit", conflicting)
+    fragments = [write_fragment(make_rows([sid]), uri) for sid in ("s2", "s3")]
+    committed, version = table.commit(fragments, schema)
+    assert calls[0] == 1 and calls[-1] == 2  # the retry read the version the other writer made
+    assert (committed, version) == ([fragments[1]], 3)  # s2 is the other writer's now: left out
+    def always_conflicting(*args: object, **kwargs: object) -> lance.LanceDataset:
+        raise CommitConflictError("conflict")
+
+    monkeypatch.setattr(lance.LanceDataset, "commit", always_conflicting)
+    with pytest.raises(CommitConflictError):  # bounded: COMMIT_ATTEMPTS, then the job fails
+        table.commit([write_fragment(make_rows(["s4"]), uri)], schema)
+    monkeypatch.undo()
+    assert sorted(keys_in(uri)) == sorted(cache_key(s, "fp", "test", 1) for s in ["s1", "s2", "s3"])
