@@ -146,19 +146,35 @@ def assert_within_one_fp16_step(decoded: np.ndarray, truth: np.ndarray, name: st
     assert np.mean(off > 0) <= 0.01, f"{name}: {int((off > 0).sum())} of {off.size} values differ"
 
 
-def test_a_wrong_teacher_checkpoint_exits_2_and_commits_nothing(tmp_path: Path) -> None:
+def write_corrupt_safetensors(directory: Path) -> str:
+    directory.mkdir()
+    (directory / "model.safetensors").write_bytes(b"not a safetensors file")
+    return "cannot be read as a checkpoint"
+
+
+def write_weights_of_another_preset(directory: Path) -> str:
+    tiny_fast3r_checkpoint(directory)
+    (directory / "config.json").unlink()  # so the preset (release) is the architecture: tiny weights do not fit
+    return r"does not fit the Fast3R model: .*mis-shaped.* it looks like preset 'tiny'"
+
+
+def write_pickle_with_an_object(directory: Path) -> str:
+    directory.mkdir()
+    torch.save({"model": build_fast3r("tiny").state_dict(), "args": Path("x")}, directory / "fast3r.pth")
+    return "Set teacher.trust_checkpoint: true only if you trust"
+
+
+@pytest.mark.parametrize("write", [write_corrupt_safetensors, write_weights_of_another_preset,
+                                   write_pickle_with_an_object])
+def test_a_wrong_teacher_checkpoint_fails_before_any_work(tmp_path: Path, write) -> None:
+    """The driver reads a checkpoint's names and shapes (no weights) before it takes the lock or makes a folder."""
     checkpoint = tmp_path / "broken"
-    checkpoint.mkdir()
-    missing = make_config(tmp_path, "--teacher.name", "fast3r", "--teacher.preset", "tiny",
-                          "--teacher.checkpoint", str(checkpoint))
-    with pytest.raises(ConfigError, match="teacher.checkpoint"):  # no weights file: found before any work
-        run_cache_job(missing)
+    message = write(checkpoint)
+    path = next(checkpoint.glob("*.pth"), checkpoint)
+    config = make_config(tmp_path, "--teacher.name", "fast3r", "--teacher.checkpoint", str(path))
+    with pytest.raises(ConfigError, match=f"teacher.checkpoint=.*{message}"):
+        run_cache_job(config)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken"]
-    # A weights file that does not load: the driver never loads weights, so the first actor finds it.
-    (checkpoint / "model.safetensors").write_bytes(b"not a safetensors file")
-    with pytest.raises(ConfigError, match="teacher.checkpoint"):
-        run_cache_job(missing)
-    assert open_dataset(missing.cache.uri) is None and open_dataset(rejects_uri(missing.cache.uri)) is None
 
 
 def test_a_patch_size_the_teacher_cannot_take_fails_before_any_work(tmp_path: Path) -> None:

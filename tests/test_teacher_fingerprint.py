@@ -69,16 +69,17 @@ def test_a_changed_checkpoint_file_changes_the_fingerprint(weights_file):
     assert build_teacher(fast3r(weights_file)).fingerprint == after
 
 
-def test_the_fingerprint_reads_no_weights_and_needs_no_gpu(tmp_path):
-    junk = tmp_path / "model.safetensors"
-    junk.write_bytes(b"not a checkpoint at all")
-    config = fast3r(junk, dtype="bfloat16", device="auto")
+def test_the_fingerprint_needs_no_gpu_and_refuses_what_the_build_would(weights_file, tmp_path):
+    config = fast3r(weights_file, dtype="bfloat16", device="auto")
     on_gpu = teacher_fingerprint(config, device_kind="cuda")  # computed here, on a host that may have no GPU
     assert (on_gpu["device"], on_gpu["dtype"]) == ("cuda", "bfloat16")
-    assert on_gpu["weights_sha256"] == hashlib.sha256(b"not a checkpoint at all").hexdigest()
+    assert on_gpu["weights_sha256"] == hashlib.sha256(weights_file.read_bytes()).hexdigest()
     assert fingerprint_id(on_gpu) != fingerprint_id(teacher_fingerprint(config, device_kind="cpu"))
-    with pytest.raises(ConfigError, match="teacher.checkpoint"):
-        build_teacher(config)  # loading it is what fails
+    junk = tmp_path / "model.safetensors"
+    junk.write_bytes(b"not a checkpoint at all")
+    for find in (teacher_fingerprint, build_teacher):  # the header is read (no weights) as the load reads it
+        with pytest.raises(ConfigError, match="teacher.checkpoint=.*cannot be read as a checkpoint"):
+            find(fast3r(junk))
 
 
 def test_the_job_hashes_the_checkpoint_once_and_workers_reuse_the_hash(weights_file, deeper_dir):

@@ -479,11 +479,12 @@ def checkpoint_sha256(path: str | Path) -> str:
 TRUST_SETTING = "teacher.trust_checkpoint"
 
 
-def read_state_dict(path: Path, trust: bool = False) -> dict[str, torch.Tensor]:
+def read_state_dict(path: Path, trust: bool = False, shapes_only: bool = False) -> dict[str, torch.Tensor]:
     """Network tensors from a ``.safetensors`` file, a Lightning checkpoint (``state_dict`` with ``net.``
     keys) or a DUSt3R-style ``.pth`` (``model``), without the ``scratch.layer_rn.*`` aliases; read by
-    ``d3r.checkpoints.read_checkpoint`` (full unpickling only with ``trust``: ``teacher.trust_checkpoint``)."""
-    raw = read_checkpoint(path, opt_in=TRUST_SETTING, trust=trust)
+    ``d3r.checkpoints.read_checkpoint`` (full unpickling only with ``trust``: ``teacher.trust_checkpoint``;
+    ``shapes_only``: ``meta`` tensors, no data read)."""
+    raw = read_checkpoint(path, opt_in=TRUST_SETTING, trust=trust, shapes_only=shapes_only)
     if "state_dict" in raw:
         lightning = tensor_dict(raw["state_dict"], path, "'state_dict'")
         state = {k[len("net."):]: v for k, v in lightning.items() if k.startswith("net.")}
@@ -519,6 +520,36 @@ def check_state_dict(state: Mapping[str, torch.Tensor], model: nn.Module, source
         raise CheckpointError(f"{source} does not fit the Fast3R model: " + "; ".join(parts))
 
 
+def _fitting_state(path: Path, preset: str | None, view_chunk: int, *, trust: bool,
+                   shapes_only: bool) -> tuple[Path, Fast3R, dict[str, torch.Tensor]]:
+    """The weights file, the model it is for (on the ``meta`` device: no memory, no weights) and its state dict,
+    checked to fit that model (``shapes_only``: ``meta`` tensors, the file's data not read).
+
+    Raises:
+        CheckpointError: unreadable, refused without ``trust``, or not fitting (a preset that fits is named).
+    """
+    weights, config = checkpoint_layout(path, preset)
+    state = read_state_dict(weights, trust=trust, shapes_only=shapes_only)
+    with torch.device("meta"):
+        model = Fast3R(config, view_chunk=view_chunk)
+    try:
+        check_state_dict(state, model, str(weights))
+    except CheckpointError as error:
+        raise CheckpointError(f"{error}{_preset_hint(state, config)}") from None
+    return weights, model, state
+
+
+def check_fast3r_checkpoint(path: str | Path, preset: str | None = None, *, trust: bool = False) -> None:
+    """Check, without loading weights, that a checkpoint :func:`load_fast3r` takes fits the model: keys, shapes
+    and dtypes from a safetensors header or a torch pickle read onto the ``meta`` device (no storage read).
+
+    Raises:
+        CheckpointError: as :func:`load_fast3r` (except for damage inside the tensors' data, which only a load
+            reads).
+    """
+    _fitting_state(Path(path), preset, 25, trust=trust, shapes_only=True)
+
+
 def load_fast3r(path: str | Path, preset: str | None = None, view_chunk: int = 25, *, trust: bool = False,
                 weights_sha256: str | None = None) -> Fast3R:
     """Load a Fast3R from ``model.safetensors``, a directory with ``config.json`` + ``model.safetensors``,
@@ -530,14 +561,7 @@ def load_fast3r(path: str | Path, preset: str | None = None, view_chunk: int = 2
     ``model.weights_sha256`` is set to ``weights_sha256`` when the caller has it (:func:`checkpoint_sha256`,
     computed once per job), else to the weights file's sha256 computed here.
     """
-    weights, config = checkpoint_layout(Path(path), preset)
-    state = read_state_dict(weights, trust=trust)
-    with torch.device("meta"):
-        model = Fast3R(config, view_chunk=view_chunk)
-    try:
-        check_state_dict(state, model, str(weights))
-    except CheckpointError as error:
-        raise CheckpointError(f"{error}{_preset_hint(state, config)}") from None
+    weights, model, state = _fitting_state(Path(path), preset, view_chunk, trust=trust, shapes_only=False)
     model.load_state_dict(state, strict=True, assign=True)
     model.weights_sha256 = weights_sha256 or checkpoint_sha256(weights)
     return model.eval()
@@ -583,7 +607,9 @@ def fast3r_fingerprint(config: TeacherConfig, known_sha256: str | None,
                        device_kind: DeviceKind) -> dict[str, Any]:
     """The fingerprint of the teacher ``build_fast3r_teacher(config)`` would build on ``device_kind``, without
     loading weights: the architecture from the preset and ``config.json``, the weights' hash given as
-    ``known_sha256`` or streamed from the file here.
+    ``known_sha256`` or streamed from the file here. The checkpoint is checked to fit the model first
+    (:func:`check_fast3r_checkpoint`: names and shapes only), so a job's driver finds a wrong one before any
+    work.
 
     Raises:
         ConfigError: as :func:`build_fast3r_teacher`, for a missing or unreadable checkpoint, a bad
@@ -594,6 +620,7 @@ def fast3r_fingerprint(config: TeacherConfig, known_sha256: str | None,
         model, weights_sha256 = fast3r_config(config.preset), random_weights_id(config.seed)
     else:
         try:
+            check_fast3r_checkpoint(config.checkpoint, config.preset, trust=config.trust_checkpoint)
             weights, model = checkpoint_layout(config.checkpoint, config.preset)
             weights_sha256 = known_sha256 or checkpoint_sha256(weights)
         except CheckpointError as error:
