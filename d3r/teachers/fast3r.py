@@ -603,13 +603,18 @@ def check_teacher_config(config: TeacherConfig) -> None:
         raise ConfigError(f"teacher.preset={config.preset!r} is not a Fast3R preset; known: {sorted(PRESETS)}")
 
 
+def _warn_random_weights(config: TeacherConfig) -> None:
+    logger.warning("teacher.checkpoint=random: Fast3R preset %r with random weights (seed %d), FOR TESTING ONLY: "
+                   "its outputs are no reconstruction", config.preset, config.seed)
+
+
 def fast3r_fingerprint(config: TeacherConfig, known_sha256: str | None,
                        device_kind: DeviceKind) -> dict[str, Any]:
     """The fingerprint of the teacher ``build_fast3r_teacher(config)`` would build on ``device_kind``, without
     loading weights: the architecture from the preset and ``config.json``, the weights' hash given as
     ``known_sha256`` or streamed from the file here. The checkpoint is checked to fit the model first
     (:func:`check_fast3r_checkpoint`: names and shapes only), so a job's driver finds a wrong one before any
-    work.
+    work; ``random`` weights log their FOR TESTING ONLY warning here as well as where they are built.
 
     Raises:
         ConfigError: as :func:`build_fast3r_teacher`, for a missing or unreadable checkpoint, a bad
@@ -617,6 +622,7 @@ def fast3r_fingerprint(config: TeacherConfig, known_sha256: str | None,
     """
     check_teacher_config(config)
     if config.checkpoint == RANDOM_WEIGHTS:
+        _warn_random_weights(config)
         model, weights_sha256 = fast3r_config(config.preset), random_weights_id(config.seed)
     else:
         try:
@@ -701,8 +707,7 @@ def build_fast3r_teacher(config: TeacherConfig, *, checkpoint_sha256: str | None
     """
     check_teacher_config(config)
     if config.checkpoint == RANDOM_WEIGHTS:
-        logger.warning("teacher.checkpoint=random: Fast3R preset %r with random weights (seed %d), FOR TESTING ONLY: "
-                       "its outputs are no reconstruction", config.preset, config.seed)
+        _warn_random_weights(config)
         return Fast3RTeacher(random_fast3r(config.preset, config.seed, config.view_chunk), config)
     try:
         model = load_fast3r(config.checkpoint, preset=config.preset, view_chunk=config.view_chunk,
