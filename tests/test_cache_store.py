@@ -283,6 +283,21 @@ def test_a_commit_leaves_out_fragments_whose_key_is_committed_and_finish_removes
     assert {p.name for p in (Path(uri) / "data").iterdir()} == referenced and len(referenced) == 2
 
 
+def test_fragments_written_before_the_first_commit_log_no_warning_and_commit_later(
+        tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    uri = str(tmp_path / "cache.lance")
+    schema = cache_schema(SUP)
+    with CacheStore(uri) as store:
+        store.prepare_fragments()
+        early = [write_fragment(make_rows([sid]), uri) for sid in ("s1", "s2")]  # no table yet
+        assert "will be created" not in capfd.readouterr().err  # Lance's Rust log, on this process's stderr
+        assert store.commit(early[:1], schema) == (early[:1], 1)  # creates the table
+        assert store.commit(early[1:], schema) == (early[1:], 2)  # written before it existed, appended after
+        assert store.commit([write_fragment(make_rows(["s3"]), uri)], schema)[1] == 3
+        store.finish({})
+    assert sorted(keys_in(uri)) == sorted(cache_key(s, "fp", "test", 1) for s in ["s1", "s2", "s3"])
+
+
 def test_a_conflicting_commit_is_retried_with_a_fresh_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     uri = str(tmp_path / "cache.lance")
     schema = cache_schema(SUP)

@@ -182,7 +182,12 @@ def write_fragment(rows: pa.Table, uri: str) -> WrittenFragment:
     Raises:
         ValueError: when ``rows`` do not fit the existing table's schema.
     """
-    fragments = lance.fragment.write_fragments(rows, uri, schema=rows.schema, max_rows_per_file=max(rows.num_rows, 1))
+    # Before the first commit there is no table: "create" writes the same files that "append" falls back to
+    # there, without Lance warning for each fragment that the table "will be created". Should the table appear
+    # meanwhile, the commit still checks the rows' columns against it (KeyedTable.commit).
+    mode = "create" if open_dataset(uri) is None else "append"
+    fragments = lance.fragment.write_fragments(rows, uri, schema=rows.schema, mode=mode,
+                                               max_rows_per_file=max(rows.num_rows, 1))
     if len(fragments) != 1:
         raise RuntimeError(f"{uri}: {rows.num_rows} rows were written as {len(fragments)} fragments, not one")
     return WrittenFragment(tuple(rows["key"].to_pylist()), json.dumps(fragments[0].to_json()))
