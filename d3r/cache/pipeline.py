@@ -460,6 +460,11 @@ def run_pending(config: D3RConfig, items: list[dict[str, Any]], committer: Chunk
         # A teacher actor that dies (a lost node, a killed process) is restarted and its batch retried: the
         # fragments of the lost attempt are never committed (orphans, removed at the end). Bounded, so that
         # a sample that kills its actor every time fails the job instead of restarting it forever.
+        # Ray core logs an ERROR at each actor's start ("constructor arguments in the object store and
+        # max_restarts > 0", ray issue 53727) that no argument of ours can avoid: Ray Data 2.60 always passes
+        # its actors the map transformer (our fn_constructor_kwargs inside) and DataContext as ray.put refs
+        # (ActorPoolMapOperator._start_actor). The operator holds both refs while the dataset runs, so a
+        # restart finds them; only max_restarts=0 would silence it, and lose the retry above.
         max_restarts=ACTOR_RESTARTS, max_task_retries=ACTOR_RESTARTS,
         fn_constructor_kwargs={"teacher": config.teacher, "cache": cache, "expected_fingerprint": fingerprint,
                                "factory": factory},
