@@ -19,7 +19,7 @@
    :class:`~d3r.cache.stages.TeacherStage` in an actor pool (``cache.num_actors`` actors,
    ``cache.batch_size`` samples per call, ``cache.num_gpus`` per actor, CPUs per actor sized to fit
    the nodes: :func:`actor_cpus`), which writes each good sample as a Lance fragment and returns
-   metadata only; an actor that dies is restarted and its batch retried (:data:`ACTOR_RESTARTS`);
+   metadata only; when an actor dies, the samples without a result run again (:data:`ACTOR_RESTARTS`);
 4. the driver (:class:`ChunkCommitter`) collects that metadata and commits every
    ``cache.chunk_samples`` written samples as one Lance version (keys already in the table left out),
    plus their rejects; it never receives an image or a supervision array. A killed job loses at most
@@ -89,7 +89,7 @@ PROGRESS_EVERY_S = 10.0
 # actors' keep Ray Data from fusing the load into the teacher actors (which would serialise the two).
 LOAD_TASK_CPUS = 0.5
 ADJUSTED_SHOWN = 10  # scenes whose fitted views the summary names
-ACTOR_RESTARTS = 2  # restarts of a dead teacher actor, and retries of its lost batch
+ACTOR_RESTARTS = 2  # reruns of the samples a dead teacher actor lost
 
 
 @dataclass
@@ -372,6 +372,7 @@ class ChunkCommitter:
         self.rejects: list[dict[str, Any]] = []
         self.started = started  # the job's start: the log's rate is the summary's
         self.rejected = 0
+        self.received: set[str] = set()  # keys with a result (written, rejected or faulted)
         self.last_log = 0.0
         self.logged_done = 0
 
@@ -386,6 +387,7 @@ class ChunkCommitter:
         self.summary.driver_bytes += results.nbytes
         faults = []
         for row in results.to_pylist():
+            self.received.add(row["key"])
             if row["status"] == BAD_TEACHER:
                 self.commit()
                 raise ConfigError(f"{row['reason']} (found by a teacher actor; {_safe_samples(self.store.uri)})")
@@ -444,9 +446,31 @@ def run_pending(config: D3RConfig, items: list[dict[str, Any]], committer: Chunk
     """Ray Data over ``items``: load (CPU tasks) → teacher, codec and fragment writes (actor pool) → the
     driver's chunked commits.
 
+    A teacher actor that dies (a lost node, a killed process) ends that Ray Data run; the driver commits
+    what arrived and runs the samples it has no result for again, at most :data:`ACTOR_RESTARTS` times
+    (so a sample that kills its actor every time fails the job instead of restarting it forever). The lost
+    attempt's fragments are never committed (orphans, removed at the end).
+
     Raises:
         TeacherFaultError: see :meth:`ChunkCommitter.add`.
+        ray.exceptions.RayActorError: when actors still die after :data:`ACTOR_RESTARTS` reruns.
     """
+    pending = items
+    for rerun in range(ACTOR_RESTARTS + 1):
+        try:
+            _run_dataset(config, pending, committer, fingerprint, factory, num_gpus)
+            return
+        except ray.exceptions.RayActorError as exc:
+            committer.commit()  # what arrived is safe
+            pending = [item for item in pending if item["key"] not in committer.received]
+            if rerun == ACTOR_RESTARTS or not pending:
+                raise
+            logger.warning("a teacher actor died (%s); running the %d samples without a result again (rerun %d of "
+                           "%d)", type(exc).__name__, len(pending), rerun + 1, ACTOR_RESTARTS)
+
+
+def _run_dataset(config: D3RConfig, items: list[dict[str, Any]], committer: ChunkCommitter, fingerprint: str,
+                 factory: TeacherFactory, num_gpus: float) -> None:
     cache = config.cache
     dataset = ray.data.from_items(items)
     dataset = dataset.map_batches(
@@ -457,15 +481,10 @@ def run_pending(config: D3RConfig, items: list[dict[str, Any]], committer: Chunk
         TeacherStage, batch_format="pyarrow", batch_size=cache.batch_size,
         compute=ray.data.ActorPoolStrategy(size=cache.num_actors),
         num_cpus=actor_cpus(cache.num_actors, num_gpus, node_cpus()), num_gpus=num_gpus,
-        # A teacher actor that dies (a lost node, a killed process) is restarted and its batch retried: the
-        # fragments of the lost attempt are never committed (orphans, removed at the end). Bounded, so that
-        # a sample that kills its actor every time fails the job instead of restarting it forever.
-        # Ray core logs an ERROR at each actor's start ("constructor arguments in the object store and
-        # max_restarts > 0", ray issue 53727) that no argument of ours can avoid: Ray Data 2.60 always passes
-        # its actors the map transformer (our fn_constructor_kwargs inside) and DataContext as ray.put refs
-        # (ActorPoolMapOperator._start_actor). The operator holds both refs while the dataset runs, so a
-        # restart finds them; only max_restarts=0 would silence it, and lose the retry above.
-        max_restarts=ACTOR_RESTARTS, max_task_retries=ACTOR_RESTARTS,
+        # Not restarted by Ray (run_pending reruns what a dead actor lost): restartable actors make Ray core
+        # log an ERROR at every actor start in Ray 2.60 ("constructor arguments in the object store and
+        # max_restarts > 0", ray issue 53727), since Ray Data passes its actors their arguments as refs.
+        max_restarts=0,
         fn_constructor_kwargs={"teacher": config.teacher, "cache": cache, "expected_fingerprint": fingerprint,
                                "factory": factory},
     )
