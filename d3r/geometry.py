@@ -127,6 +127,12 @@ def align_local_to_global(
     return aligned, sims
 
 
+def centred_K(focal: float, width: int, height: int) -> np.ndarray:
+    """``[3, 3]`` float64 pinhole K of a ``width x height`` image: one focal (pixels), principal point at the
+    image centre ``((W - 1) / 2, (H - 1) / 2)`` (pixel centres at integers)."""
+    return np.array([[focal, 0.0, (width - 1) / 2], [0.0, focal, (height - 1) / 2], [0.0, 0.0, 1.0]])
+
+
 def pixel_grid(height: int, width: int) -> np.ndarray:
     """``[H, W, 2]`` float64 pixel coordinates ``(u, v)`` = (column, row), centres at integers."""
     v, u = np.mgrid[0:height, 0:width].astype(np.float64)
@@ -263,7 +269,7 @@ def estimate_poses(
     num_views, height, width = conf.shape
     if focal is None:
         focal = estimate_focal(pts_global[0], conf[0])
-    K = np.array([[focal, 0.0, (width - 1) / 2], [0.0, focal, (height - 1) / 2], [0.0, 0.0, 1.0]])
+    K = centred_K(focal, width, height)
     pixels = pixel_grid(height, width)
     poses = np.tile(np.eye(4), (num_views, 1, 1))
     for i in range(num_views):

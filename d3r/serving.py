@@ -40,7 +40,7 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from PIL import Image, UnidentifiedImageError
 
 from d3r.config import ScenesConfig
-from d3r.geometry import estimate_poses
+from d3r.geometry import centred_K, estimate_poses
 from d3r.scenes.errors import InputFileError
 from d3r.scenes.folders import load_image_view
 from d3r.scenes.limits import check_upscale, header_size_within_limits
@@ -199,7 +199,5 @@ def cameras(pts3d_global: np.ndarray, conf_global: np.ndarray) -> dict[str, np.n
             poses[b], focals[b] = estimate_poses(pts3d_global[b], conf_global[b])
         except ValueError as exc:
             raise BadRequest(f"cannot recover the cameras of sample {b}: {exc}") from None
-    intrinsics = np.zeros((batch, views, 3, 3))
-    intrinsics[..., 0, 0] = intrinsics[..., 1, 1] = focals[:, None]
-    intrinsics[..., 0, 2], intrinsics[..., 1, 2], intrinsics[..., 2, 2] = (width - 1) / 2, (height - 1) / 2, 1.0
+    intrinsics = np.stack([np.tile(centred_K(focal, width, height), (views, 1, 1)) for focal in focals])
     return {"focal": focals, "intrinsics": intrinsics, "poses": poses}

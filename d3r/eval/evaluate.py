@@ -16,7 +16,7 @@ import numpy as np
 from d3r.config import EvalConfig
 from d3r.eval import metrics
 from d3r.eval.alignment import AlignmentMethod, align_to_ground_truth
-from d3r.geometry import apply_sim3, depth_to_points, estimate_poses, transform_points
+from d3r.geometry import apply_sim3, centred_K, depth_to_points, estimate_poses, transform_points
 from d3r.scenes.records import View
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ class Reference:
         conf = np.asarray(conf, dtype=np.float64)
         c2w, focal = estimate_poses(pts_global, conf)
         n, h, w = pts_global.shape[:3]
-        K = np.tile(np.array([[focal, 0.0, (w - 1) / 2], [0.0, focal, (h - 1) / 2], [0.0, 0.0, 1.0]]), (n, 1, 1))
+        K = np.tile(centred_K(focal, w, h), (n, 1, 1))
         depth = transform_points(np.linalg.inv(c2w), pts_global)[..., 2]
         usable = np.isfinite(pts_global).all(-1) & (conf > 1.0) & (depth > 0)
         return cls(np.where(usable, depth, 0.0), K, c2w, np.where(usable[..., None], pts_global, 0.0))

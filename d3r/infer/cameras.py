@@ -16,7 +16,7 @@ import logging
 
 import numpy as np
 
-from d3r.geometry import estimate_focal, estimate_poses, transform_points
+from d3r.geometry import centred_K, estimate_focal, estimate_poses, transform_points
 from d3r.infer.confidence import CONF_FLOOR, keep_mask
 from d3r.infer.reconstruction import ViewReconstruction
 from d3r.scenes.records import View
@@ -52,7 +52,7 @@ def view_reconstructions(views: list[View], pts_global: np.ndarray, conf: np.nda
     """
     c2w, focal = estimate_poses(pts_global, conf, focal=recover_focal(pts_global[0], conf[0]))
     height, width = conf.shape[1:]
-    K = np.array([[focal, 0.0, (width - 1) / 2], [0.0, focal, (height - 1) / 2], [0.0, 0.0, 1.0]])
+    K = centred_K(focal, width, height)
     world_turns = views[0].meta.get("turns", 0)
     to_world = np.eye(4)
     to_world[:3, :3] = unturn_points(np.eye(3), world_turns).T  # model world (view 0 as the model saw it) → photo's

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from d3r.config import D3RConfig, ScenesConfig
+from d3r.geometry import centred_K
 from d3r.scenes.colmap import write_colmap_scene
 from d3r.scenes.records import Scene, View
 
@@ -478,8 +479,7 @@ def render_view(
 def intrinsics(size: tuple[int, int], hfov_deg: float) -> np.ndarray:
     """``[3, 3]`` pinhole K for (W, H) and a horizontal field of view; principal point at the centre."""
     width, height = size
-    f = width / (2.0 * np.tan(np.radians(hfov_deg) / 2.0))
-    return np.array([[f, 0.0, (width - 1) / 2.0], [0.0, f, (height - 1) / 2.0], [0.0, 0.0, 1.0]])
+    return centred_K(width / (2.0 * np.tan(np.radians(hfov_deg) / 2.0)), width, height)
 
 
 def look_at(eye: np.ndarray, target: np.ndarray) -> np.ndarray:
